@@ -1,0 +1,48 @@
+/*
+ * cli: the `kiln` program's commands. main.c dispatches to one function per
+ * command; each lives in cmd-<name>.c with its help text.
+ *
+ * Exit codes (docs/cli.md): 0 success, 1 the thing failed (invalid spec,
+ * job failed, server error), 2 usage error. Commands that run jobs document
+ * further codes of their own.
+ */
+#pragma once
+
+#include "base/base.h"
+
+enum {
+	EXIT_OK = 0,
+	EXIT_FAIL = 1,
+	EXIT_USAGE = 2,
+};
+
+struct cli_command {
+	const char *name;
+	const char *summary; /* one line, for `kiln --help` */
+	const char *help;    /* full text for `kiln help NAME` / `kiln NAME --help` */
+	int (*run)(int argc, char **argv);
+};
+
+/* The table of commands, in the order `kiln --help` lists them. */
+extern const struct cli_command cli_commands[];
+extern const size_t cli_commands_count;
+
+const struct cli_command *cli_find_command(const char *name);
+
+/* Prints "kiln NAME: <message>" and a hint to stderr; returns EXIT_USAGE. */
+int cli_usage_error(const char *cmd, const char *fmt, ...) KILN_PRINTF(2, 3);
+/* Prints "kiln NAME: <message>" to stderr; returns EXIT_FAIL. */
+int cli_fail(const char *cmd, const char *fmt, ...) KILN_PRINTF(2, 3);
+/* Prints the help of a command to stdout; returns EXIT_OK. */
+int cli_print_help(const struct cli_command *c);
+
+/*
+ * Handles the options every command accepts: returns 1 if argv[i] was
+ * --help/-h (help printed; the caller returns EXIT_OK), 0 otherwise.
+ */
+int cli_is_help(const char *arg);
+
+/* Commands (cmd-*.c). */
+int cmd_version(int argc, char **argv);
+int cmd_help(int argc, char **argv);
+

@@ -1,0 +1,89 @@
+/* common: the command table and the helpers commands share. */
+#include "cli.h"
+
+const struct cli_command cli_commands[] = {
+	{"version", "print the version", "usage: kiln version\n\nPrints kiln's version.\n", cmd_version},
+	{"help", "show help for a command", "usage: kiln help [COMMAND]\n", cmd_help},
+};
+const size_t cli_commands_count = ARRAY_SIZE(cli_commands);
+
+const struct cli_command *cli_find_command(const char *name)
+{
+	for (size_t i = 0; i < cli_commands_count; i++)
+		if (streq(cli_commands[i].name, name))
+			return &cli_commands[i];
+	return NULL;
+}
+
+static int vreport(const char *cmd, const char *fmt, va_list ap)
+{
+	struct buf b = BUF_INIT;
+	buf_puts(&b, cmd ? "kiln " : "kiln");
+	if (cmd)
+		buf_puts(&b, cmd);
+	buf_puts(&b, ": ");
+	buf_vprintf(&b, fmt, ap);
+	buf_putc(&b, '\n');
+	fflush(stdout);
+	(void)!write(STDERR_FILENO, b.data, b.len);
+	buf_release(&b);
+	return 0;
+}
+
+int cli_usage_error(const char *cmd, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	vreport(cmd, fmt, ap);
+	va_end(ap);
+	if (cmd)
+		fprintf(stderr, "Run 'kiln help %s' for usage.\n", cmd);
+	else
+		fputs("Run 'kiln --help' for usage.\n", stderr);
+	return EXIT_USAGE;
+}
+
+int cli_fail(const char *cmd, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	vreport(cmd, fmt, ap);
+	va_end(ap);
+	return EXIT_FAIL;
+}
+
+int cli_print_help(const struct cli_command *c)
+{
+	fputs(c->help, stdout);
+	return EXIT_OK;
+}
+
+int cli_is_help(const char *arg)
+{
+	return streq(arg, "-h") || streq(arg, "--help");
+}
+
+int cmd_version(int argc, char **argv)
+{
+	(void)argv;
+	if (argc > 1 && !cli_is_help(argv[1]))
+		return cli_usage_error("version", "takes no arguments");
+	printf("kiln %s\n", KILN_VERSION);
+	return EXIT_OK;
+}
+
+int cmd_help(int argc, char **argv)
+{
+	if (argc < 2) {
+		fputs("usage: kiln help COMMAND\n\ncommands:\n", stdout);
+		for (size_t i = 0; i < cli_commands_count; i++)
+			printf("  %-12s %s\n", cli_commands[i].name, cli_commands[i].summary);
+		return EXIT_OK;
+	}
+	if (argc > 2)
+		return cli_usage_error("help", "takes one command name");
+	const struct cli_command *c = cli_find_command(argv[1]);
+	if (!c)
+		return cli_usage_error("help", "unknown command '%s'", argv[1]);
+	return cli_print_help(c);
+}
