@@ -54,3 +54,30 @@ int host_probe(struct host_info *ret);
  * "gpu-model:<name>" and "mig" when any GPU is in MIG mode.
  */
 void host_labels(const struct host_info *h, char ***labels, size_t *n, size_t *cap);
+
+/* ---- secret masking ------------------------------------------------------ */
+
+/*
+ * A streaming masker: replaces every occurrence of a secret value in a byte
+ * stream with "***", also when the value is split across writes, and also
+ * its base64 forms (at each of the three alignments) and its URL-encoded
+ * forms. Defence in depth, not a guarantee: a job can always transform a
+ * secret in ways no masker recognises (docs/security.md).
+ *
+ * The masker holds back at most (longest pattern - 1) bytes that could be
+ * the start of a secret; mask_flush() releases them (at the end of a step).
+ */
+struct mask;
+
+#define MASK_MIN_SECRET 3 /* shorter values are not masked (too many false hits) */
+
+struct mask *mask_new(void);
+void mask_free(struct mask *m);
+/* Adds a secret value (and its derived forms). Values < MASK_MIN_SECRET are ignored. */
+void mask_add_secret(struct mask *m, const char *value, size_t len);
+/* Feeds bytes; appends what may be released, masked, to out. */
+void mask_write(struct mask *m, const char *data, size_t len, struct buf *out);
+/* Releases the held-back bytes (masked) to out. */
+void mask_flush(struct mask *m, struct buf *out);
+/* How many patterns are registered (for tests and logs). */
+size_t mask_patterns(const struct mask *m);
