@@ -1,0 +1,165 @@
+/*
+ * proto: the API's types and their JSON form (jansson). Shared by the server
+ * (which writes them), the store (which persists them) and the client (which
+ * reads them). Nothing here does I/O.
+ *
+ * Invariants:
+ *  - times are wall-clock milliseconds since the Unix epoch (0 = not set) and
+ *    travel as RFC 3339 strings ("2026-11-23T12:00:00.000Z");
+ *  - ids are positive integers; 0 means "none";
+ *  - every error body is {"error":{"code":"snake_case","message":"..."}}.
+ */
+#pragma once
+
+#include "base/base.h"
+
+#include <jansson.h>
+
+/* ---- job states ----------------------------------------------------------- */
+
+enum job_state {
+	JOB_QUEUED,    /* waiting for an agent */
+	JOB_LEASED,    /* an agent holds a lease, not yet reported running */
+	JOB_RUNNING,   /* the agent reported it running */
+	JOB_SUCCEEDED, /* terminal: the steps exited 0 */
+	JOB_FAILED,    /* terminal: a step failed (or the job could not start) */
+	JOB_CANCELLED, /* terminal: cancelled by a user */
+	JOB_TIMED_OUT, /* terminal: ran past its timeout (agent or server noticed) */
+	JOB_LOST,      /* terminal: a lease expired with no retries left */
+	JOB_STATE_MAX,
+};
+
+const char *job_state_to_string(enum job_state s);
+/* -EINVAL for an unknown name. */
+int job_state_from_string(const char *s, enum job_state *ret);
+static inline bool job_state_is_terminal(enum job_state s) { return s >= JOB_SUCCEEDED; }
+static inline bool job_state_is_active(enum job_state s)
+{
+	return s == JOB_LEASED || s == JOB_RUNNING;
+}
+
+/* ---- capacity ------------------------------------------------------------- */
+
+/* What an agent offers, or what a job needs (slots is 1 for a job). */
+struct proto_capacity {
+	int64_t slots;
+	double cpus;     /* 0 = unlimited/unspecified */
+	uint64_t memory; /* bytes; 0 = unlimited/unspecified */
+	int64_t gpus;
+};
+
+json_t *proto_capacity_to_json(const struct proto_capacity *c);
+/*
+ * Reads {"slots":N,"cpus":X,"memory":"4Gi"|bytes,"gpus":N}; missing fields
+ * are 0. `what` names the object in messages. -EINVAL with err set.
+ */
+int proto_capacity_from_json(json_t *o, const char *what, struct proto_capacity *ret,
+			     struct kiln_err *err);
+
+/* ---- jobs ----------------------------------------------------------------- */
+
+struct proto_attempt {
+	int64_t attempt; /* 1-based */
+	int64_t fence;
+	int64_t agent_id;
+	char *agent_name; /* may be NULL */
+	enum job_state state; /* LEASED/RUNNING while current, else how it ended */
+	uint64_t leased_at, started_at, finished_at;
+	bool has_exit_code;
+	int exit_code;
+	char *message; /* may be NULL */
+};
+
+struct proto_job {
+	int64_t id;
+	char *name;
+	enum job_state state;
+	int64_t priority;     /* higher runs first */
+	int64_t attempt;      /* leases granted so far */
+	int64_t max_attempts; /* 1 + retries */
+	int64_t fence;        /* fence of the current (or last) lease; 0 = never leased */
+	int64_t agent_id;     /* holder of the current (or last) lease; 0 = none */
+	char *runs_on;        /* labels, lower-case, comma-separated ("" = any agent) */
+	struct proto_capacity needs;
+	uint64_t timeout_ms;
+	uint64_t submitted_at, leased_at, started_at, finished_at;
+	bool has_exit_code;
+	int exit_code;
+	char *message;    /* why it ended (or why it is waiting) */
+	int64_t retry_of; /* the job this one retries; 0 = none */
+	json_t *spec;     /* normalised spec (owned reference); NULL when not loaded */
+	struct proto_attempt *attempts;
+	size_t n_attempts;
+	/* Scheduler overlay, not stored: set for queued jobs no agent can run. */
+	bool unschedulable;
+	char *reason;
+};
+
+enum {
+	PROTO_JOB_SPEC = 1 << 0,     /* include "spec" */
+	PROTO_JOB_ATTEMPTS = 1 << 1, /* include "attempts" */
+};
+
+void proto_job_release(struct proto_job *j);
+void proto_jobs_free(struct proto_job *v, size_t n);
+/* New reference; `flags` selects the optional parts (PROTO_JOB_*). */
+json_t *proto_job_to_json(const struct proto_job *j, unsigned flags);
+
+/* ---- agents --------------------------------------------------------------- */
+
+struct proto_agent {
+	int64_t id;
+	char *name;
+	char **labels; /* lower-case */
+	size_t n_labels;
+	struct proto_capacity capacity;
+	struct proto_capacity used; /* by its current leases */
+	bool draining;
+	bool online; /* heard from within the offline threshold */
+	uint64_t registered_at, last_seen_at;
+	int64_t *job_ids; /* jobs it holds leases for */
+	size_t n_jobs;
+};
+
+void proto_agent_release(struct proto_agent *a);
+json_t *proto_agent_to_json(const struct proto_agent *a);
+
+/* ---- artifacts ------------------------------------------------------------ */
+
+struct proto_artifact {
+	int64_t job_id;
+	int64_t attempt;
+	char *path;
+	char sha256[65]; /* lower-case hex */
+	uint64_t size;
+	uint64_t created_at;
+};
+
+void proto_artifact_release(struct proto_artifact *a);
+void proto_artifacts_free(struct proto_artifact *v, size_t n);
+json_t *proto_artifact_to_json(const struct proto_artifact *a);
+
+/*
+ * Checks an artifact path: relative, '/'-separated, no empty, "." or ".."
+ * components, no NUL/control characters or backslashes, at most 1024 bytes
+ * and 64 components. -EINVAL with err naming the problem.
+ */
+int proto_artifact_path_check(const char *path, struct kiln_err *err);
+
+/* ---- errors and helpers --------------------------------------------------- */
+
+/* {"error":{"code":code,"message":<formatted>}} (new reference). */
+json_t *proto_error(const char *code, const char *fmt, ...) KILN_PRINTF(2, 3);
+
+/* Sets key to an RFC 3339 string, or null when ms is 0. */
+void proto_set_time(json_t *o, const char *key, uint64_t ms);
+/* Parses "YYYY-MM-DDTHH:MM:SS[.fff]Z" to Unix ms; -EINVAL if malformed. */
+int proto_parse_time(const char *s, uint64_t *ret_ms);
+/* Wall-clock now in Unix ms. */
+uint64_t proto_now_ms(void);
+
+/* Lower-case copy of a label list joined with ','. */
+char *proto_labels_join(char *const *labels, size_t n);
+/* Splits "a,b" (NULL or "" = none) into a NULL-terminated array; caller frees each and the array. */
+char **proto_labels_split(const char *s, size_t *ret_n);
+void proto_strv_free(char **v, size_t n);

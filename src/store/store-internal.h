@@ -1,0 +1,47 @@
+/*
+ * store-internal: the backend vtable behind store.h. A backend embeds
+ * struct store as its first member and fills `ops`; store.c owns the writer
+ * thread and calls begin/apply.../commit on it, never concurrently.
+ */
+#pragma once
+
+#include "store.h"
+
+#include <pthread.h>
+
+struct store_ops {
+	const char *name;
+	void (*close)(struct store *s);
+	/* Writer side: called only from the writer thread. */
+	int (*begin)(struct store *s);
+	/* 0/1 as store_mut.result, -ESTALE/-ENOENT refused; other < 0 is fatal. */
+	int (*apply)(struct store *s, struct store_mut *m);
+	int (*commit)(struct store *s);
+	/* Reads: any thread. */
+	int (*load)(struct store *s, void (*on_job)(void *, const struct proto_job *),
+		    void (*on_agent)(void *, const struct proto_agent *), void *ud,
+		    struct store_load_info *ret);
+	int (*job_get)(struct store *s, int64_t id, unsigned flags, struct proto_job *ret);
+	int (*job_list)(struct store *s, const struct store_job_filter *f,
+			struct proto_job **ret, size_t *ret_n);
+	int (*artifact_list)(struct store *s, int64_t job_id, struct proto_artifact **ret,
+			     size_t *ret_n);
+	int (*artifact_get)(struct store *s, int64_t job_id, const char *path,
+			    struct proto_artifact *ret);
+	int (*blob_referenced)(struct store *s, const char *sha256);
+};
+
+struct store {
+	const struct store_ops *ops;
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+	struct store_mut *head, **tail;
+	bool stopping;
+	bool running;
+	pthread_t thread;
+	struct store_stats stats;
+};
+
+/* Backends. */
+int store_sqlite_open(const char *path, const struct store_options *o, struct store **ret,
+		      struct kiln_err *err);

@@ -1,0 +1,197 @@
+/*
+ * store: kiln's persistence interface. The store is the source of truth for
+ * jobs, attempts, agents and artifact metadata; the server keeps only
+ * indexes in memory and rebuilds them from store_load() at start.
+ *
+ * Writes are mutations (struct store_mut) queued to one writer thread that
+ * applies every queued mutation in one transaction and commits it (group
+ * commit: one fsync for the batch), then calls each mutation's `done`
+ * callback. A mutation is durable when its callback runs; the server answers
+ * 2xx only from there.
+ *
+ * Every agent-side mutation is conditional on the job's fence and state in
+ * the store itself (`UPDATE ... WHERE fence = ? AND state IN (...)`), so a
+ * stale writer is refused by the store even if a cache above it were wrong:
+ * that is what keeps "at most one accepted result per job" with several
+ * servers on one database (PostgreSQL, later).
+ *
+ * Failure policy: a store error other than a refused condition (I/O error,
+ * full disk, failed fsync) is not retried: the writer logs it and aborts the
+ * process (fail-stop, as PostgreSQL does after fsyncgate). Nothing was
+ * acknowledged for the failed batch, and the next start recovers from the
+ * last commit.
+ *
+ * Backends implement struct store_ops (store-internal.h): "sqlite" now.
+ * Thread safety: store_submit() and the read functions may be called from any
+ * thread; done callbacks run on the writer thread and must not block.
+ */
+#pragma once
+
+#include "base/base.h"
+#include "proto/proto.h"
+
+struct store;
+
+/* ---- opening -------------------------------------------------------------- */
+
+struct store_options {
+	/* SQLite: synchronous=FULL (fsync per commit) when true, NORMAL when
+	 * false (only for benchmarks that say so). Default true. */
+	bool durable;
+};
+
+void store_options_init(struct store_options *o);
+
+/*
+ * Opens (creating if needed) the store at `url`: "sqlite:PATH" or a plain
+ * path (SQLite). Starts the writer thread. -errno with err set on failure.
+ */
+int store_open(const char *url, const struct store_options *o, struct store **ret,
+	       struct kiln_err *err);
+/* Drains the writer queue (every done callback runs), stops it and closes. */
+void store_close(struct store *s);
+const char *store_backend(const struct store *s);
+
+/* ---- mutations ------------------------------------------------------------ */
+
+/* A job to insert: ids are assigned by the caller (the scheduler). */
+struct store_job_new {
+	int64_t id;
+	const char *name;
+	int64_t priority;
+	int64_t max_attempts;
+	uint64_t timeout_ms;
+	const char *runs_on; /* lower-case labels joined with ',' */
+	struct proto_capacity needs;
+	const char *spec_json;
+	uint64_t submitted_at;
+	int64_t retry_of;
+};
+
+enum store_mut_kind {
+	STORE_JOBS_INSERT,  /* insert.v[0..n) as queued, all or none */
+	STORE_JOB_LEASE,    /* queued (at attempt-1) -> leased; new attempt row */
+	STORE_JOB_START,    /* leased (fence) -> running; idempotent if running */
+	STORE_JOB_FINISH,   /* active (fence), or queued if fence == 0 -> terminal */
+	STORE_JOB_REQUEUE,  /* active (fence) -> queued; the attempt ends as attempt_state */
+	STORE_AGENT_PUT,    /* insert or update an agent */
+	STORE_AGENT_DRAIN,  /* set or clear draining */
+	STORE_ARTIFACT_PUT, /* add (or replace) an artifact of an active job (fence) */
+};
+
+struct store_mut {
+	enum store_mut_kind kind;
+	union {
+		struct {
+			const struct store_job_new *v;
+			size_t n;
+		} insert;
+		struct {
+			int64_t job_id, fence, attempt, agent_id;
+			uint64_t now;
+			char *ret_spec; /* out: the job's spec JSON; the caller frees */
+		} lease;
+		struct {
+			int64_t job_id, fence;
+			uint64_t now;
+		} start;
+		struct {
+			int64_t job_id, fence;
+			enum job_state state; /* terminal */
+			bool has_exit_code;
+			int exit_code;
+			const char *message;
+			uint64_t now;
+		} finish;
+		struct {
+			int64_t job_id, fence;
+			enum job_state attempt_state; /* how the attempt ended (LOST) */
+			const char *message;
+			uint64_t now;
+		} requeue;
+		struct {
+			int64_t id;
+			const char *name;
+			const char *labels;
+			struct proto_capacity capacity;
+			uint64_t now;
+		} agent;
+		struct {
+			int64_t id;
+			bool draining;
+		} drain;
+		struct {
+			int64_t job_id, fence, attempt;
+			const char *path;
+			const char *sha256;
+			uint64_t size;
+			uint64_t now;
+		} artifact;
+	};
+	/*
+	 * Out, set by the writer before `done`: 0 applied; 1 already applied
+	 * (a repeated START/FINISH with the same fence and outcome); -ESTALE
+	 * refused (fence or state did not match: nothing changed); -ENOENT no
+	 * such row.
+	 */
+	int result;
+	/* Called on the writer thread after the commit; may free `m`. */
+	void (*done)(struct store_mut *m, void *userdata);
+	void *userdata;
+	struct store_mut *next; /* the writer's queue */
+};
+
+/* Queues m (the caller keeps m and what it points to alive until done). */
+void store_submit(struct store *s, struct store_mut *m);
+/* Queues m and waits for its commit; returns m->result. Not from `done`. */
+int store_apply_wait(struct store *s, struct store_mut *m);
+
+struct store_stats {
+	uint64_t batches;   /* committed transactions */
+	uint64_t mutations; /* mutations applied */
+	uint64_t max_batch; /* largest batch */
+	uint64_t commit_ns; /* time spent in commit (fsync) */
+};
+void store_get_stats(struct store *s, struct store_stats *ret);
+
+/* ---- reads (committed state; any thread) ---------------------------------- */
+
+struct store_load_info {
+	int64_t max_job_id;
+	int64_t max_fence;
+	int64_t max_agent_id;
+	size_t n_jobs;
+	size_t n_agents;
+};
+
+/*
+ * Calls on_job for every queued, leased or running job (in id order; spec,
+ * attempts, message not loaded) and on_agent for every agent; the records
+ * are only valid during the call. Returns the largest ids and fence ever used.
+ */
+int store_load(struct store *s, void (*on_job)(void *ud, const struct proto_job *j),
+	       void (*on_agent)(void *ud, const struct proto_agent *a), void *ud,
+	       struct store_load_info *ret);
+
+/* -ENOENT if unknown. flags: PROTO_JOB_SPEC, PROTO_JOB_ATTEMPTS. */
+int store_job_get(struct store *s, int64_t id, unsigned flags, struct proto_job *ret);
+
+struct store_job_filter {
+	unsigned states;   /* bitmask of 1 << JOB_*; 0 = all */
+	const char *label; /* jobs whose runs-on has this label (lower-case); NULL = any */
+	const char *name;  /* exact name; NULL = any */
+	int64_t before_id; /* page cursor: ids below this; 0 = from the newest */
+	size_t limit;      /* 1..1000 */
+};
+
+/* Newest first. *ret_n <= limit; the caller frees with proto_jobs_free. */
+int store_job_list(struct store *s, const struct store_job_filter *f, struct proto_job **ret,
+		   size_t *ret_n);
+
+int store_artifact_list(struct store *s, int64_t job_id, struct proto_artifact **ret,
+			size_t *ret_n);
+/* -ENOENT if unknown. */
+int store_artifact_get(struct store *s, int64_t job_id, const char *path,
+		       struct proto_artifact *ret);
+/* Is this sha256 referenced by any artifact row? (for content-store cleanup) */
+int store_blob_referenced(struct store *s, const char *sha256);
