@@ -164,6 +164,8 @@ bool endswith(const char *s, const char *suffix);
 size_t str_edit_distance(const char *a, const char *b, size_t cap);
 /* True when the bytes are valid UTF-8 (no overlongs, no surrogates). */
 bool utf8_valid(const char *s, size_t len);
+/* The length of the longest valid UTF-8 prefix (== len when all is valid). */
+size_t utf8_valid_prefix(const char *s, size_t len);
 /* Parses a whole decimal integer in [min, max]; -EINVAL / -ERANGE. */
 int parse_int64(const char *s, int64_t min, int64_t max, int64_t *ret);
 

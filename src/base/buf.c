@@ -137,7 +137,12 @@ size_t str_edit_distance(const char *a, const char *b, size_t cap)
 
 bool utf8_valid(const char *s, size_t len)
 {
-	const unsigned char *p = (const unsigned char *)s, *end = p + len;
+	return utf8_valid_prefix(s, len) == len;
+}
+
+size_t utf8_valid_prefix(const char *s, size_t len)
+{
+	const unsigned char *start = (const unsigned char *)s, *p = start, *end = p + len;
 	while (p < end) {
 		unsigned char c = *p;
 		if (c < 0x80) {
@@ -153,20 +158,23 @@ bool utf8_valid(const char *s, size_t len)
 		else if (c >= 0xf0 && c <= 0xf4)
 			n = 3, cp = c & 0x07;
 		else
-			return false;
+			break;
 		if ((size_t)(end - p) <= n)
-			return false;
-		for (size_t i = 1; i <= n; i++) {
+			break;
+		size_t i;
+		for (i = 1; i <= n; i++) {
 			if ((p[i] & 0xc0) != 0x80)
-				return false;
+				break;
 			cp = (cp << 6) | (p[i] & 0x3f);
 		}
+		if (i <= n)
+			break;
 		if ((n == 2 && cp < 0x800) || (n == 3 && (cp < 0x10000 || cp > 0x10ffff)) ||
 		    (cp >= 0xd800 && cp <= 0xdfff))
-			return false;
+			break;
 		p += n + 1;
 	}
-	return true;
+	return (size_t)(p - start);
 }
 
 int parse_int64(const char *s, int64_t min, int64_t max, int64_t *ret)

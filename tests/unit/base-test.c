@@ -115,6 +115,16 @@ TEST(utf8)
 	CHECK(!utf8_valid("\xf4\x90\x80\x80", 4)); /* > U+10FFFF */
 }
 
+TEST(utf8_valid_prefix)
+{
+	CHECK_EQ(utf8_valid_prefix("abc", 3), 3);
+	CHECK_EQ(utf8_valid_prefix("h\xc3\xa9\xff", 4), 3);
+	CHECK_EQ(utf8_valid_prefix("ab\xe2\x82", 4), 2);     /* truncated at the end */
+	CHECK_EQ(utf8_valid_prefix("a\xe2\x82z", 4), 1);     /* bad continuation */
+	CHECK_EQ(utf8_valid_prefix("\xed\xa0\x80", 3), 0); /* surrogate */
+	CHECK_EQ(utf8_valid_prefix("", 0), 0);
+}
+
 TEST(edit_distance)
 {
 	CHECK_EQ(str_edit_distance("runs-on", "runson", 5), 1);
