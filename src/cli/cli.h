@@ -45,4 +45,6 @@ int cli_is_help(const char *arg);
 /* Commands (cmd-*.c). */
 int cmd_version(int argc, char **argv);
 int cmd_help(int argc, char **argv);
+int cmd_validate(int argc, char **argv);
+extern const char cmd_validate_help[];
 

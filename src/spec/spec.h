@@ -21,6 +21,8 @@
 #define SPEC_MAX_DEPTH 64            /* nesting of mappings/sequences */
 #define SPEC_MAX_MATRIX 256          /* jobs one document may expand to */
 #define SPEC_MAX_DIAGS 100           /* errors reported per document */
+#define SPEC_MAX_NODES 100000        /* values (scalars, mappings, lists) per document */
+#define SPEC_MAX_EXPANDED (16 << 20) /* bytes of strings all expanded jobs may hold */
 
 /* ---- diagnostics ---------------------------------------------------------- */
 
@@ -36,8 +38,20 @@ struct spec_diags {
 	size_t n, cap;
 };
 
+/* Sets up an empty list whose messages name `file`. */
+void spec_diags_init(struct spec_diags *d, const char *file);
 void spec_diags_release(struct spec_diags *d);
-/* Appends one line per diagnostic: "file:line:col: path: msg\n". */
+/*
+ * Adds one diagnostic (line/col 0 = the whole document; path "" = no field).
+ * An exact duplicate is dropped; past SPEC_MAX_DIAGS one final "too many
+ * errors" line is added and later ones are dropped.
+ */
+void spec_diags_add(struct spec_diags *d, int line, int col, const char *path,
+		    const char *fmt, ...) KILN_PRINTF(5, 6);
+/*
+ * Appends one line per diagnostic: "file:line:col: path: msg\n"; the parts
+ * that are unknown are left out ("file: msg" for a whole-document error).
+ */
 void spec_diags_format(const struct spec_diags *d, struct buf *out);
 /* [{"line":..,"col":..,"path":..,"message":..}, ...] for API error bodies. */
 json_t *spec_diags_to_json(const struct spec_diags *d);
@@ -64,9 +78,9 @@ struct spec_resources {
 };
 
 struct spec_step {
-	char *name;
+	char *name;  /* default: the first line of run */
 	char *run;   /* the script */
-	char *shell; /* default "bash -e" style, see docs */
+	char *shell; /* "bash" (default), "sh", "python" or a template with {0}; spec_shell_argv() */
 	struct spec_kv *env;
 	size_t n_env;
 	uint64_t timeout_ms; /* 0 = bounded by the job's timeout only */
@@ -82,16 +96,16 @@ struct spec_cache {
 
 struct spec_job {
 	char *name;
-	char **runs_on; /* labels, as written (matching is case-insensitive) */
+	char **runs_on; /* labels, lower-cased, without duplicates, in written order */
 	size_t n_runs_on;
 	char *image; /* NULL = the agent's host rootfs */
 	struct spec_resources resources;
 	uint64_t timeout_ms; /* always set (a default applies) */
 	int64_t retries;
 	int64_t priority;
-	struct spec_kv *env;
+	struct spec_kv *env; /* sorted by key */
 	size_t n_env;
-	char **secrets; /* names only */
+	char **secrets; /* names only, sorted */
 	size_t n_secrets;
 	enum spec_network network;
 	struct spec_step *steps; /* at least one */
@@ -100,7 +114,8 @@ struct spec_job {
 	size_t n_artifacts;
 	struct spec_cache *caches;
 	size_t n_caches;
-	struct spec_kv *matrix; /* the combination this job was expanded from */
+	/* The combination this job was expanded from (JSON "matrix-values"). */
+	struct spec_kv *matrix;
 	size_t n_matrix;
 };
 
@@ -140,7 +155,23 @@ struct spec_label {
 	char *value; /* NULL for a plain label; lower-cased */
 };
 
+#define SPEC_LABEL_MAX 128
+
 int spec_label_parse(const char *s, struct spec_label *ret, struct kiln_err *err);
 void spec_label_release(struct spec_label *l);
 /* Checks the grammar only. */
 bool spec_label_valid(const char *s);
+/* Case-insensitive (ASCII) equality of two labels. */
+bool spec_label_eq(const char *a, const char *b);
+
+/* ---- shells --------------------------------------------------------------- */
+
+/*
+ * The argv a step's shell runs its script with, the script being a file at
+ * `script_path`: "bash" → bash --noprofile --norc -eo pipefail PATH, "sh" →
+ * sh -e PATH, "python" → python3 PATH; a template such as "perl -w {0}" is
+ * split at spaces and {0} replaced by the path. *ret_argv is NULL-terminated;
+ * free it with spec_argv_free(). -EINVAL if the shell is not valid.
+ */
+int spec_shell_argv(const char *shell, const char *script_path, char ***ret_argv);
+void spec_argv_free(char **argv);
