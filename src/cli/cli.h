@@ -47,4 +47,6 @@ int cmd_version(int argc, char **argv);
 int cmd_help(int argc, char **argv);
 int cmd_validate(int argc, char **argv);
 extern const char cmd_validate_help[];
+extern const char cmd_server_help[];
+int cmd_server(int argc, char **argv);
 

@@ -5,6 +5,7 @@ const struct cli_command cli_commands[] = {
 	{"version", "print the version", "usage: kiln version\n\nPrints kiln's version.\n", cmd_version},
 	{"help", "show help for a command", "usage: kiln help [COMMAND]\n", cmd_help},
 	{"validate", "check job specs, print them normalised", cmd_validate_help, cmd_validate},
+	{"server", "run the control plane (HTTP API, scheduler, store)", cmd_server_help, cmd_server},
 };
 const size_t cli_commands_count = ARRAY_SIZE(cli_commands);
 

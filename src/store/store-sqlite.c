@@ -470,6 +470,8 @@ static int apply_finish(struct conn *c, struct store_mut *m)
 		r = job_state(c, m->finish.job_id, &state, &fence);
 		if (r < 0)
 			return r;
+		m->finish.ret_state = state;
+		m->finish.ret_fence = fence;
 		return m->finish.fence && state == m->finish.state && fence == m->finish.fence
 			       ? 1
 			       : -ESTALE;
@@ -552,6 +554,8 @@ static int apply_artifact(struct conn *c, struct store_mut *m)
 static int sq_apply(struct store *s, struct store_mut *m)
 {
 	struct conn *c = &to_sq(s)->writer;
+	if (m->kind == STORE_BARRIER)
+		return 0;
 	/* A savepoint per mutation: a refused mutation leaves no partial write
 	 * while the rest of the batch commits. */
 	int r = exec_id(c, ST_SAVEPOINT);

@@ -77,6 +77,7 @@ enum store_mut_kind {
 	STORE_AGENT_PUT,    /* insert or update an agent */
 	STORE_AGENT_DRAIN,  /* set or clear draining */
 	STORE_ARTIFACT_PUT, /* add (or replace) an artifact of an active job (fence) */
+	STORE_BARRIER,      /* nothing: done runs after everything queued before it */
 };
 
 struct store_mut {
@@ -102,6 +103,9 @@ struct store_mut {
 			int exit_code;
 			const char *message;
 			uint64_t now;
+			/* out, when refused: the job's state and fence in the store */
+			enum job_state ret_state;
+			int64_t ret_fence;
 		} finish;
 		struct {
 			int64_t job_id, fence;
@@ -165,8 +169,8 @@ struct store_load_info {
 };
 
 /*
- * Calls on_job for every queued, leased or running job (in id order; spec,
- * attempts, message not loaded) and on_agent for every agent; the records
+ * Calls on_agent for every agent, then on_job for every queued, leased or
+ * running job (in id order; spec, attempts, message not loaded); the records
  * are only valid during the call. Returns the largest ids and fence ever used.
  */
 int store_load(struct store *s, void (*on_job)(void *ud, const struct proto_job *j),

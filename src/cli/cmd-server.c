@@ -1,0 +1,230 @@
+/* cmd-server: `kiln server` — run the control plane in the foreground. */
+#include "cli.h"
+#include "server/server.h"
+
+#include <getopt.h>
+#include <inttypes.h>
+#include <signal.h>
+
+const char cmd_server_help[] =
+	"usage: kiln server [--listen HOST:PORT] [--state-dir DIR] [OPTIONS]\n"
+	"\n"
+	"Runs kiln's control plane in the foreground: the HTTP/JSON API under /v1,\n"
+	"the scheduler and the store (SQLite in the state directory). Stops on\n"
+	"SIGINT or SIGTERM. Every accepted job is durable before its 2xx answer\n"
+	"(SQLite WAL, synchronous=FULL).\n"
+	"\n"
+	"options:\n"
+	"  --listen HOST:PORT     address to serve (default 127.0.0.1:7700; port 0 picks one)\n"
+	"  --state-dir DIR        database, logs and artifacts (default\n"
+	"                         $XDG_STATE_HOME/kiln, else ~/.local/state/kiln)\n"
+	"  --addr-file FILE       write the address actually bound to FILE once serving\n"
+	"  --lease-ttl DURATION   a lease not renewed for this long expires (default 30s)\n"
+	"  --timeout-grace DURATION  the server ends a job at its timeout plus this (30s)\n"
+	"  --max-wait DURATION    longest lease long-poll (default 60s)\n"
+	"  --log-cap SIZE         log bytes kept per job attempt, head + tail (default 64Mi)\n"
+	"  --artifact-max SIZE    largest artifact (default 1Gi)\n"
+	"  --body-max SIZE        largest JSON/YAML request body (default 1Mi)\n"
+	"  --max-connections N    connections beyond N are refused (default 1000)\n"
+	"  --per-ip-connections N connections per client address (default: no limit)\n"
+	"  --header-timeout DURATION  request headers must arrive within (default 10s)\n"
+	"  --body-timeout DURATION    a JSON body must arrive within (default 30s)\n"
+	"  --idle-timeout DURATION    idle keep-alive connections are closed (default 60s)\n"
+	"  --threads N            HTTP threads (default 2)\n"
+	"  --unsafe-no-fsync      commit without fsync (synchronous=NORMAL): a machine\n"
+	"                         crash may lose acknowledged jobs; for benchmarks only\n"
+	"  --list-routes          print every route (METHOD PATH) and exit\n"
+	"\n"
+	"exit codes: 0 stopped by a signal, 1 could not start, 2 usage error.\n";
+
+static int duration_opt(const char *name, const char *v, uint64_t *ret)
+{
+	if (parse_duration_ms(v, ret) < 0)
+		return cli_usage_error("server", "%s: '%s' is not a duration (e.g. 500ms, 30s, 5m)",
+				       name, v);
+	return 0;
+}
+
+static int size_opt(const char *name, const char *v, uint64_t *ret)
+{
+	if (parse_size(v, ret) < 0)
+		return cli_usage_error("server", "%s: '%s' is not a size (e.g. 64Mi, 1Gi)", name, v);
+	return 0;
+}
+
+static int uint_opt(const char *name, const char *v, int64_t min, int64_t max, unsigned *ret)
+{
+	int64_t x;
+	if (parse_int64(v, min, max, &x) < 0)
+		return cli_usage_error("server", "%s: '%s' is not a number in %" PRId64 "..%" PRId64,
+				       name, v, min, max);
+	*ret = (unsigned)x;
+	return 0;
+}
+
+static char *default_state_dir(void)
+{
+	const char *x = getenv("XDG_STATE_HOME");
+	if (x && *x)
+		return path_join(x, "kiln");
+	const char *home = getenv("HOME");
+	return xasprintf("%s/.local/state/kiln", home && *home ? home : "/tmp");
+}
+
+enum {
+	OPT_LISTEN = 256,
+	OPT_STATE,
+	OPT_ADDR_FILE,
+	OPT_TTL,
+	OPT_GRACE,
+	OPT_WAIT,
+	OPT_LOG_CAP,
+	OPT_ART_MAX,
+	OPT_BODY_MAX,
+	OPT_MAX_CONN,
+	OPT_PER_IP,
+	OPT_HDR_TO,
+	OPT_BODY_TO,
+	OPT_IDLE_TO,
+	OPT_THREADS,
+	OPT_NO_FSYNC,
+	OPT_ROUTES,
+};
+
+int cmd_server(int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{"help", no_argument, NULL, 'h'},
+		{"listen", required_argument, NULL, OPT_LISTEN},
+		{"state-dir", required_argument, NULL, OPT_STATE},
+		{"addr-file", required_argument, NULL, OPT_ADDR_FILE},
+		{"lease-ttl", required_argument, NULL, OPT_TTL},
+		{"timeout-grace", required_argument, NULL, OPT_GRACE},
+		{"max-wait", required_argument, NULL, OPT_WAIT},
+		{"log-cap", required_argument, NULL, OPT_LOG_CAP},
+		{"artifact-max", required_argument, NULL, OPT_ART_MAX},
+		{"body-max", required_argument, NULL, OPT_BODY_MAX},
+		{"max-connections", required_argument, NULL, OPT_MAX_CONN},
+		{"per-ip-connections", required_argument, NULL, OPT_PER_IP},
+		{"header-timeout", required_argument, NULL, OPT_HDR_TO},
+		{"body-timeout", required_argument, NULL, OPT_BODY_TO},
+		{"idle-timeout", required_argument, NULL, OPT_IDLE_TO},
+		{"threads", required_argument, NULL, OPT_THREADS},
+		{"unsafe-no-fsync", no_argument, NULL, OPT_NO_FSYNC},
+		{"list-routes", no_argument, NULL, OPT_ROUTES},
+		{0},
+	};
+	struct server_config cfg;
+	server_config_init(&cfg);
+	_cleanup_free_ char *state_dir = NULL;
+	const char *addr_file = NULL;
+	uint64_t ms, v;
+	int c, r = 0;
+	while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+		switch (c) {
+		case 'h': return cli_print_help(cli_find_command("server"));
+		case OPT_LISTEN: cfg.listen = optarg; break;
+		case OPT_STATE:
+			free(state_dir);
+			state_dir = xstrdup(optarg);
+			break;
+		case OPT_ADDR_FILE: addr_file = optarg; break;
+		case OPT_TTL:
+			if ((r = duration_opt("--lease-ttl", optarg, &ms)))
+				return r;
+			cfg.lease_ttl_ms = ms;
+			break;
+		case OPT_GRACE:
+			if ((r = duration_opt("--timeout-grace", optarg, &ms)))
+				return r;
+			cfg.timeout_grace_ms = ms;
+			break;
+		case OPT_WAIT:
+			if ((r = duration_opt("--max-wait", optarg, &ms)))
+				return r;
+			cfg.max_wait_ms = ms;
+			break;
+		case OPT_LOG_CAP:
+			if ((r = size_opt("--log-cap", optarg, &v)))
+				return r;
+			cfg.log_cap = v;
+			break;
+		case OPT_ART_MAX:
+			if ((r = size_opt("--artifact-max", optarg, &v)))
+				return r;
+			cfg.artifact_max = v;
+			break;
+		case OPT_BODY_MAX:
+			if ((r = size_opt("--body-max", optarg, &v)))
+				return r;
+			cfg.body_max = v;
+			break;
+		case OPT_MAX_CONN:
+			if ((r = uint_opt("--max-connections", optarg, 4, 1000000, &cfg.max_connections)))
+				return r;
+			break;
+		case OPT_PER_IP:
+			if ((r = uint_opt("--per-ip-connections", optarg, 0, 1000000,
+					  &cfg.per_ip_connections)))
+				return r;
+			break;
+		case OPT_HDR_TO:
+			if ((r = duration_opt("--header-timeout", optarg, &ms)))
+				return r;
+			cfg.header_timeout_ms = (unsigned)ms;
+			break;
+		case OPT_BODY_TO:
+			if ((r = duration_opt("--body-timeout", optarg, &ms)))
+				return r;
+			cfg.body_timeout_ms = (unsigned)ms;
+			break;
+		case OPT_IDLE_TO:
+			if ((r = duration_opt("--idle-timeout", optarg, &ms)))
+				return r;
+			cfg.idle_timeout_s = (unsigned)((ms + 999) / 1000);
+			break;
+		case OPT_THREADS:
+			if ((r = uint_opt("--threads", optarg, 1, 64, &cfg.threads)))
+				return r;
+			break;
+		case OPT_NO_FSYNC: cfg.durable = false; break;
+		case OPT_ROUTES: server_print_routes(stdout); return EXIT_OK;
+		default: return cli_usage_error("server", "unknown option");
+		}
+	}
+	if (optind < argc)
+		return cli_usage_error("server", "unexpected argument '%s'", argv[optind]);
+	if (!state_dir)
+		state_dir = default_state_dir();
+	cfg.state_dir = state_dir;
+
+	/* Signals are taken synchronously by this thread; every other thread
+	 * inherits the mask. */
+	sigset_t set;
+	sigemptyset(&set);
+	sigaddset(&set, SIGINT);
+	sigaddset(&set, SIGTERM);
+	pthread_sigmask(SIG_BLOCK, &set, NULL);
+	signal(SIGPIPE, SIG_IGN);
+
+	struct kiln_err err = {0};
+	struct server *s = NULL;
+	if (server_new(&cfg, &s, &err) < 0)
+		return cli_fail("server", "%s", err.msg);
+	if (server_start(s, &err) < 0) {
+		server_free(s);
+		return cli_fail("server", "%s", err.msg);
+	}
+	if (addr_file) {
+		const char *a = server_address(s);
+		if (write_file_atomic(addr_file, a, strlen(a), 0644) < 0) {
+			server_free(s);
+			return cli_fail("server", "cannot write '%s': %s", addr_file, strerror(errno));
+		}
+	}
+	int sig = 0;
+	sigwait(&set, &sig);
+	log_info("stopping signal=%s", sig == SIGINT ? "SIGINT" : "SIGTERM");
+	server_free(s);
+	return EXIT_OK;
+}

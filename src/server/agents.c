@@ -1,0 +1,405 @@
+/*
+ * agents: the /v1/agents endpoints — register, list, describe, drain — and
+ * the agent protocol's two hot calls: lease (long-poll for a job) and
+ * heartbeat (renew leases, learn which jobs to stop).
+ */
+#include "server-internal.h"
+#include "spec/spec.h"
+
+#include <ctype.h>
+#include <inttypes.h>
+
+static struct sagent *agent_param(struct req *r)
+{
+	int64_t id;
+	if (req_param_id(r, 0, "agent", &id) < 0)
+		return NULL;
+	struct sagent *a = sched_agent(r->srv, id);
+	if (!a)
+		req_reply_error(r, MHD_HTTP_NOT_FOUND, "not_found",
+				"agent %" PRId64 " not found (register with POST /v1/agents)", id);
+	return a;
+}
+
+static void touch(struct sagent *a)
+{
+	a->last_seen_ns = now_mono_ns();
+	a->last_seen_ms = proto_now_ms();
+}
+
+/* ---- register ------------------------------------------------------------- */
+
+struct register_ctx {
+	char *name, *labels;
+	int64_t id;
+	bool created;
+	uint64_t ttl_ms;
+};
+
+static void register_ctx_free(void *p)
+{
+	struct register_ctx *c = p;
+	if (!c)
+		return;
+	free(c->name);
+	free(c->labels);
+	free(c);
+}
+
+static void register_done(struct store_mut *m, void *ud)
+{
+	struct req *r = ud;
+	struct register_ctx *c = r->ctx;
+	if (m->result < 0) {
+		req_reply_error(r, MHD_HTTP_INTERNAL_SERVER_ERROR, "internal",
+				"the agent could not be stored");
+		return;
+	}
+	req_reply_json(r, c->created ? MHD_HTTP_CREATED : MHD_HTTP_OK,
+		       json_pack("{s:I,s:s,s:I,s:I}", "id", (json_int_t)c->id, "name", c->name,
+				 "lease_ttl_ms", (json_int_t)c->ttl_ms, "heartbeat_ms",
+				 (json_int_t)(c->ttl_ms / 3)));
+}
+
+static int parse_labels(struct req *r, char **ret_joined, char ***ret_v, size_t *ret_n)
+{
+	json_t *labels = json_object_get(r->json, "labels");
+	if (labels && !json_is_array(labels)) {
+		req_reply_error(r, MHD_HTTP_BAD_REQUEST, "bad_request",
+				"request body: 'labels' must be a list of strings");
+		return -EINVAL;
+	}
+	size_t n = json_array_size(labels);
+	if (n > 256) {
+		req_reply_error(r, MHD_HTTP_BAD_REQUEST, "bad_request",
+				"request body: at most 256 labels");
+		return -EINVAL;
+	}
+	char **v = xcalloc(n + 1, sizeof(char *));
+	size_t k = 0;
+	for (size_t i = 0; i < n; i++) {
+		const char *l = json_string_value(json_array_get(labels, i));
+		if (!l || !spec_label_valid(l)) {
+			req_reply_error(r, MHD_HTTP_BAD_REQUEST, "bad_label",
+					"request body: labels[%zu]: '%s' is not a valid label "
+					"(letters, digits, '-', '_', '.', '/', '+', key:value; 1..128 "
+					"bytes)",
+					i, l ? l : "(not a string)");
+			proto_strv_free(v, k);
+			return -EINVAL;
+		}
+		char *low = xstrdup(l);
+		for (char *p = low; *p; p++)
+			*p = (char)tolower((unsigned char)*p);
+		bool dup = false;
+		for (size_t x = 0; x < k && !dup; x++)
+			dup = streq(v[x], low);
+		if (dup)
+			free(low);
+		else
+			v[k++] = low;
+	}
+	*ret_joined = proto_labels_join(v, k);
+	*ret_v = v;
+	*ret_n = k;
+	return 0;
+}
+
+void h_agents_register(struct req *r)
+{
+	struct server *s = r->srv;
+	const char *name = json_string_value(json_object_get(r->json, "name"));
+	if (!name || !*name || strlen(name) > 128 || !utf8_valid(name, strlen(name))) {
+		req_reply_error(r, MHD_HTTP_BAD_REQUEST, "bad_request",
+				"request body: 'name' must be a string of 1..128 bytes (the "
+				"agent's host name, unique)");
+		return;
+	}
+	for (const char *p = name; *p; p++)
+		if ((unsigned char)*p < 0x20 || *p == ',') {
+			req_reply_error(r, MHD_HTTP_BAD_REQUEST, "bad_request",
+					"request body: 'name' has a control character or ','");
+			return;
+		}
+	struct kiln_err err = {0};
+	struct proto_capacity cap;
+	if (proto_capacity_from_json(json_object_get(r->json, "capacity"), "capacity", &cap,
+				     &err) < 0) {
+		req_reply_error(r, MHD_HTTP_BAD_REQUEST, "bad_request", "request body: %s",
+				err.msg);
+		return;
+	}
+	if (cap.slots == 0)
+		cap.slots = 1;
+	char *joined, **labels;
+	size_t n_labels;
+	if (parse_labels(r, &joined, &labels, &n_labels) < 0)
+		return;
+
+	struct register_ctx *c = xcalloc(1, sizeof(*c));
+	c->name = xstrdup(name);
+	c->labels = joined;
+	c->ttl_ms = s->cfg.lease_ttl_ms;
+	r->ctx = c;
+	r->ctx_free = register_ctx_free;
+
+	pthread_mutex_lock(&s->lock);
+	struct sagent *a = sched_agent_by_name(s, name);
+	if (!a) {
+		a = xcalloc(1, sizeof(*a));
+		a->id = s->next_agent_id++;
+		a->name = xstrdup(name);
+		a->registered_at = proto_now_ms();
+		a->next = s->agents;
+		s->agents = a;
+		c->created = true;
+	}
+	proto_strv_free(a->labels, a->n_labels);
+	a->labels = labels;
+	a->n_labels = n_labels;
+	a->capacity = cap;
+	touch(a);
+	c->id = a->id;
+	r->mut = (struct store_mut){.kind = STORE_AGENT_PUT,
+				    .agent = {.id = a->id, .name = c->name, .labels = c->labels,
+					      .capacity = cap, .now = a->registered_at},
+				    .done = register_done,
+				    .userdata = r};
+	store_submit(s->store, &r->mut);
+	log_info("agent registered agent=%s id=%" PRId64 " labels=%s slots=%" PRId64, name, a->id,
+		 *joined ? joined : "-", cap.slots);
+	sched_recheck_classes(s);
+	sched_kick_agent(s, a);
+	pthread_mutex_unlock(&s->lock);
+}
+
+/* ---- list, describe, drain ------------------------------------------------ */
+
+void h_agents_list(struct req *r)
+{
+	struct server *s = r->srv;
+	json_t *arr = json_array();
+	pthread_mutex_lock(&s->lock);
+	for (struct sagent *a = s->agents; a; a = a->next) {
+		struct proto_agent pa;
+		sched_agent_to_proto(s, a, &pa);
+		json_array_append_new(arr, proto_agent_to_json(&pa));
+		proto_agent_release(&pa);
+	}
+	pthread_mutex_unlock(&s->lock);
+	/* Registration order (the list is newest first). */
+	size_t n = json_array_size(arr);
+	json_t *sorted = json_array();
+	for (size_t i = n; i > 0; i--)
+		json_array_append(sorted, json_array_get(arr, i - 1));
+	json_decref(arr);
+	req_reply_json(r, MHD_HTTP_OK, json_pack("{s:o}", "agents", sorted));
+}
+
+void h_agents_get(struct req *r)
+{
+	struct server *s = r->srv;
+	pthread_mutex_lock(&s->lock);
+	struct sagent *a = agent_param(r);
+	if (a) {
+		struct proto_agent pa;
+		sched_agent_to_proto(s, a, &pa);
+		json_t *o = proto_agent_to_json(&pa);
+		proto_agent_release(&pa);
+		json_t *leases = json_array();
+		for (size_t i = 0; i < a->n_jobs; i++) {
+			struct sjob *j = a->jobs[i];
+			uint64_t now = now_mono_ns();
+			json_array_append_new(
+				leases,
+				json_pack("{s:I,s:s,s:s,s:I,s:I,s:I}", "job_id", (json_int_t)j->id,
+					  "name", j->name, "state", job_state_to_string(j->state),
+					  "fence", (json_int_t)j->fence, "attempt",
+					  (json_int_t)j->attempt, "expires_in_ms",
+					  (json_int_t)(j->lease_expires_ns > now
+							       ? (j->lease_expires_ns - now) /
+									 NSEC_PER_MSEC
+							       : 0)));
+		}
+		json_object_set_new(o, "leases", leases);
+		req_reply_json(r, MHD_HTTP_OK, o);
+	}
+	pthread_mutex_unlock(&s->lock);
+}
+
+struct drain_ctx {
+	json_t *reply;
+};
+
+static void drain_ctx_free(void *p)
+{
+	struct drain_ctx *c = p;
+	if (!c)
+		return;
+	json_decref(c->reply);
+	free(c);
+}
+
+static void drain_done(struct store_mut *m, void *ud)
+{
+	struct req *r = ud;
+	struct drain_ctx *c = r->ctx;
+	if (m->result < 0)
+		req_reply_error(r, MHD_HTTP_INTERNAL_SERVER_ERROR, "internal",
+				"the drain flag could not be stored");
+	else
+		req_reply_json(r, MHD_HTTP_OK, json_incref(c->reply));
+}
+
+void h_agents_drain(struct req *r)
+{
+	struct server *s = r->srv;
+	json_t *d = json_object_get(r->json, "draining");
+	if (d && !json_is_boolean(d)) {
+		req_reply_error(r, MHD_HTTP_BAD_REQUEST, "bad_request",
+				"request body: 'draining' must be true or false");
+		return;
+	}
+	bool draining = d ? json_is_true(d) : true;
+	pthread_mutex_lock(&s->lock);
+	struct sagent *a = agent_param(r);
+	if (!a) {
+		pthread_mutex_unlock(&s->lock);
+		return;
+	}
+	a->draining = draining;
+	struct proto_agent pa;
+	sched_agent_to_proto(s, a, &pa);
+	struct drain_ctx *c = xcalloc(1, sizeof(*c));
+	c->reply = proto_agent_to_json(&pa);
+	proto_agent_release(&pa);
+	r->ctx = c;
+	r->ctx_free = drain_ctx_free;
+	r->mut = (struct store_mut){.kind = STORE_AGENT_DRAIN,
+				    .drain = {.id = a->id, .draining = draining},
+				    .done = drain_done,
+				    .userdata = r};
+	store_submit(s->store, &r->mut);
+	log_info("agent %s agent=%s", draining ? "draining" : "undrained", a->name);
+	if (!draining)
+		sched_kick_agent(s, a);
+	pthread_mutex_unlock(&s->lock);
+}
+
+/* ---- lease (long-poll) ---------------------------------------------------- */
+
+void h_agents_lease(struct req *r)
+{
+	struct server *s = r->srv;
+	json_t *w = json_object_get(r->json, "wait_ms");
+	int64_t wait_ms = 0;
+	if (w && !json_is_null(w)) {
+		if (!json_is_integer(w) || json_integer_value(w) < 0) {
+			req_reply_error(r, MHD_HTTP_BAD_REQUEST, "bad_request",
+					"request body: 'wait_ms' must be an integer >= 0");
+			return;
+		}
+		wait_ms = json_integer_value(w);
+	}
+	if ((uint64_t)wait_ms > s->cfg.max_wait_ms)
+		wait_ms = (int64_t)s->cfg.max_wait_ms;
+	pthread_mutex_lock(&s->lock);
+	struct sagent *a = agent_param(r);
+	if (!a) {
+		pthread_mutex_unlock(&s->lock);
+		return;
+	}
+	touch(a);
+	struct sjob *j = sched_pick(s, a);
+	if (j) {
+		sched_grant(s, j, a, r);
+	} else if (wait_ms == 0 || s->stopping) {
+		req_reply_response(r, MHD_HTTP_NO_CONTENT,
+				   MHD_create_response_from_buffer(0, NULL, MHD_RESPMEM_PERSISTENT));
+	} else {
+		sched_park(s, r, a, (uint64_t)wait_ms);
+	}
+	pthread_mutex_unlock(&s->lock);
+}
+
+/* ---- heartbeat ------------------------------------------------------------ */
+
+void h_agents_heartbeat(struct req *r)
+{
+	struct server *s = r->srv;
+	json_t *jobs = json_object_get(r->json, "jobs");
+	if (jobs && !json_is_array(jobs)) {
+		req_reply_error(r, MHD_HTTP_BAD_REQUEST, "bad_request",
+				"request body: 'jobs' must be a list of {\"id\":N,\"fence\":N}");
+		return;
+	}
+	size_t n = json_array_size(jobs);
+	if (n > 100000) {
+		req_reply_error(r, MHD_HTTP_BAD_REQUEST, "bad_request", "too many jobs");
+		return;
+	}
+	int64_t *ids = xcalloc(n + 1, sizeof(int64_t)), *fences = xcalloc(n + 1, sizeof(int64_t));
+	for (size_t i = 0; i < n; i++) {
+		json_t *e = json_array_get(jobs, i);
+		json_t *id = json_object_get(e, "id"), *fence = json_object_get(e, "fence");
+		if (!json_is_integer(id) || !json_is_integer(fence)) {
+			req_reply_error(r, MHD_HTTP_BAD_REQUEST, "bad_request",
+					"request body: jobs[%zu] must be {\"id\":N,\"fence\":N}", i);
+			free(ids);
+			free(fences);
+			return;
+		}
+		ids[i] = json_integer_value(id);
+		fences[i] = json_integer_value(fence);
+	}
+	pthread_mutex_lock(&s->lock);
+	struct sagent *a = agent_param(r);
+	if (!a) {
+		pthread_mutex_unlock(&s->lock);
+		free(ids);
+		free(fences);
+		return;
+	}
+	touch(a);
+	uint64_t expires = now_mono_ns() + s->cfg.lease_ttl_ms * NSEC_PER_MSEC;
+	json_t *cancel = json_array();
+	for (size_t i = 0; i < n; i++) {
+		struct sjob *j = sched_job(s, ids[i]);
+		if (j && job_state_is_active(j->state) && j->agent == a && j->fence == fences[i]) {
+			j->lease_expires_ns = expires;
+			continue;
+		}
+		const char *reason = "lease_lost";
+		for (size_t k = 0; k < a->n_revoked; k++)
+			if (a->revoked[k].job_id == ids[i] && a->revoked[k].fence == fences[i]) {
+				reason = a->revoked[k].reason;
+				/* Keep holding its capacity until the agent stops listing it. */
+				a->revoked[k].expires_ns = expires;
+			}
+		json_array_append_new(cancel, json_pack("{s:I,s:I,s:s}", "id", (json_int_t)ids[i],
+							"fence", (json_int_t)fences[i], "reason",
+							reason));
+	}
+	/* Revoked leases the agent no longer runs: their capacity is free again. */
+	bool freed = false;
+	for (size_t k = 0; k < a->n_revoked;) {
+		bool listed = false;
+		for (size_t i = 0; i < n && !listed; i++)
+			listed = a->revoked[k].job_id == ids[i] && a->revoked[k].fence == fences[i];
+		if (!listed) {
+			sched_revoked_take(a, a->revoked[k].job_id, a->revoked[k].fence, NULL);
+			freed = true;
+		} else {
+			k++;
+		}
+	}
+	if (freed)
+		sched_kick_agent(s, a);
+	bool draining = a->draining;
+	pthread_mutex_unlock(&s->lock);
+	free(ids);
+	free(fences);
+	req_reply_json(r, MHD_HTTP_OK,
+		       json_pack("{s:o,s:b,s:I}", "cancel", cancel, "draining", draining,
+				 "lease_ttl_ms", (json_int_t)s->cfg.lease_ttl_ms));
+}

@@ -1,0 +1,722 @@
+/*
+ * http: the HTTP layer on libmicrohttpd — routing, bodies with hard limits,
+ * the request context (principal, route, counters), deferred answers and
+ * the connection deadlines that drop slow clients.
+ *
+ * MHD runs its own threads (epoll). A request moves REQ_BODY -> REQ_HANDLER
+ * -> REQ_READY -> REQ_SENT. A handler either answers at once or defers: then
+ * the connection is suspended when the handler returns, and whoever answers
+ * later (a store callback, the timer) resumes it; MHD calls us again and the
+ * response is queued. r->lock makes "suspend" always precede "resume".
+ *
+ * Limits: a body larger than its route allows is refused with 413 from the
+ * Content-Length header, before any of it is read (or as soon as a chunked
+ * body passes the limit); request line + headers must arrive within
+ * header_timeout_ms of the connection opening (or of the previous response
+ * plus the idle timeout), a JSON body within body_timeout_ms; past that the
+ * connection is shut down. Connections beyond max_connections are refused
+ * by MHD at accept.
+ */
+#include "server-internal.h"
+
+/* Bytes of a refused body read (and dropped) before the client is cut off. */
+#define DISCARD_MAX (16 << 20)
+
+#include <arpa/inet.h>
+#include <inttypes.h>
+#include <netdb.h>
+#include <sys/socket.h>
+
+/* ---- responses ------------------------------------------------------------ */
+
+static void req_ready(struct req *r)
+{
+	pthread_mutex_lock(&r->lock);
+	r->phase = REQ_READY;
+	if (r->suspended) {
+		r->suspended = false;
+		atomic_fetch_sub(&r->srv->suspended, 1);
+		MHD_resume_connection(r->conn);
+	}
+	pthread_mutex_unlock(&r->lock);
+}
+
+void req_reply_response(struct req *r, unsigned status, struct MHD_Response *resp)
+{
+	if (r->response)
+		MHD_destroy_response(r->response);
+	r->status = status;
+	r->response = resp;
+	req_ready(r);
+}
+
+void req_reply_text(struct req *r, unsigned status, const char *content_type, char *text,
+		    size_t len)
+{
+	struct MHD_Response *resp =
+		MHD_create_response_from_buffer(len, text, MHD_RESPMEM_MUST_FREE);
+	MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, content_type);
+	MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-store");
+	req_reply_response(r, status, resp);
+}
+
+void req_reply_json(struct req *r, unsigned status, json_t *body)
+{
+	char *text = json_dumps(body, JSON_COMPACT);
+	json_decref(body);
+	size_t len = strlen(text);
+	/* A newline makes curl output readable; JSON parsers ignore it. */
+	text = xrealloc(text, len + 2);
+	text[len++] = '\n';
+	text[len] = '\0';
+	req_reply_text(r, status, "application/json", text, len);
+}
+
+void req_reply_error(struct req *r, unsigned status, const char *code, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	_cleanup_free_ char *msg = xvasprintf(fmt, ap);
+	va_end(ap);
+	req_reply_json(r, status, json_pack("{s:{s:s,s:s}}", "error", "code", code, "message", msg));
+}
+
+void req_defer(struct req *r) { (void)r; /* the phase stays REQ_HANDLER */ }
+
+void http_resume(struct req *r) { req_ready(r); }
+
+const char *req_query(struct req *r, const char *key)
+{
+	return MHD_lookup_connection_value(r->conn, MHD_GET_ARGUMENT_KIND, key);
+}
+
+const char *req_header(struct req *r, const char *key)
+{
+	return MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, key);
+}
+
+int req_query_int(struct req *r, const char *key, int64_t min, int64_t max, int64_t def,
+		  int64_t *ret)
+{
+	const char *v = req_query(r, key);
+	if (!v) {
+		*ret = def;
+		return 0;
+	}
+	int64_t x;
+	if (parse_int64(v, min, max, &x) < 0) {
+		req_reply_error(r, MHD_HTTP_BAD_REQUEST, "bad_parameter",
+				"query parameter '%s': '%s' is not an integer in %" PRId64
+				"..%" PRId64,
+				key, v, min, max);
+		return -EINVAL;
+	}
+	*ret = x;
+	return 0;
+}
+
+int req_param_id(struct req *r, size_t i, const char *what, int64_t *ret)
+{
+	int64_t id;
+	if (i >= r->n_params || parse_int64(r->params[i], 1, INT64_MAX, &id) < 0) {
+		req_reply_error(r, MHD_HTTP_NOT_FOUND, "not_found", "%s '%s' not found (ids are "
+				"positive integers)", what, i < r->n_params ? r->params[i] : "");
+		return -EINVAL;
+	}
+	*ret = id;
+	return 0;
+}
+
+/* ---- routing -------------------------------------------------------------- */
+
+/*
+ * Matches a path against a pattern; fills params (pointing into `path`,
+ * which is modified). Returns true on a match.
+ */
+static bool route_match(const char *pattern, char *path, char **params, size_t *n_params)
+{
+	const char *p = pattern;
+	char *u = path;
+	size_t n = 0;
+	while (*p) {
+		if (*p == '{') {
+			const char *close = strchr(p, '}');
+			bool rest = close && close > p + 1 && close[-1] == '*';
+			if (rest) {
+				if (!*u)
+					return false;
+				params[n++] = u;
+				*n_params = n;
+				return true;
+			}
+			char *seg_end = strchr(u, '/');
+			if (!seg_end)
+				seg_end = u + strlen(u);
+			if (seg_end == u)
+				return false;
+			char saved = *seg_end;
+			params[n++] = u;
+			p = close + 1;
+			if (saved == '\0') {
+				if (*p)
+					return false;
+				u = seg_end;
+				break;
+			}
+			*seg_end = '\0';
+			u = seg_end + 1;
+			if (*p != '/')
+				return false;
+			p++;
+			continue;
+		}
+		if (*p != *u)
+			return false;
+		p++;
+		u++;
+	}
+	if (*u)
+		return false;
+	*n_params = n;
+	return true;
+}
+
+static const struct route *route_find(struct req *r, const char *url, struct buf *allow)
+{
+	const struct route *found = NULL;
+	for (size_t i = 0; i < server_routes_count; i++) {
+		const struct route *rt = &server_routes[i];
+		_cleanup_free_ char *copy = xstrdup(url);
+		char *params[4];
+		size_t n = 0;
+		if (!route_match(rt->pattern, copy, params, &n))
+			continue;
+		if (!streq(rt->method, r->method)) {
+			if (allow->len)
+				buf_puts(allow, ", ");
+			buf_puts(allow, rt->method);
+			continue;
+		}
+		free(r->url);
+		r->url = TAKE_PTR(copy);
+		r->n_params = n;
+		for (size_t k = 0; k < n; k++)
+			r->params[k] = params[k];
+		found = rt;
+		break;
+	}
+	return found;
+}
+
+void server_print_routes(FILE *f)
+{
+	for (size_t i = 0; i < server_routes_count; i++)
+		fprintf(f, "%s %s\n", server_routes[i].method, server_routes[i].pattern);
+}
+
+/* ---- authentication (middleware hook) ------------------------------------- */
+
+static const struct principal anonymous = {.name = "anonymous", .org = NULL, .roles = ~0u};
+
+/*
+ * Decides who the caller is before any handler runs. Multi-tenancy (tokens,
+ * orgs, roles) plugs in here; today every caller is the anonymous admin.
+ * Returns 0 to go on, or answers (401/403) and returns < 0.
+ */
+static int http_authenticate(struct req *r)
+{
+	r->principal = &anonymous;
+	return 0;
+}
+
+/* ---- the access handler --------------------------------------------------- */
+
+static struct conn_info *conn_info_of(struct MHD_Connection *c)
+{
+	const union MHD_ConnectionInfo *ci =
+		MHD_get_connection_info(c, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+	return ci ? (struct conn_info *)ci->socket_context : NULL;
+}
+
+static void set_deadline(struct server *s, struct conn_info *ci, uint64_t deadline)
+{
+	if (!ci)
+		return;
+	pthread_mutex_lock(&s->lock);
+	ci->deadline_ns = deadline;
+	pthread_mutex_unlock(&s->lock);
+}
+
+static struct req *req_new(struct server *s, struct MHD_Connection *conn, const char *method)
+{
+	struct req *r = xcalloc(1, sizeof(*r));
+	r->srv = s;
+	r->conn = conn;
+	r->method = method;
+	r->start_ns = now_mono_ns();
+	r->phase = REQ_BODY;
+	pthread_mutex_init(&r->lock, NULL);
+	r->ci = conn_info_of(conn);
+	return r;
+}
+
+static void req_free(struct req *r)
+{
+	struct server *s = r->srv;
+	if (r->parked || r->follower) {
+		pthread_mutex_lock(&s->lock);
+		if (r->parked)
+			sched_unpark(s, r);
+		if (r->follower) {
+			struct follower *f = r->follower;
+			if (f->prev)
+				f->prev->next = f->next;
+			else if (s->followers == f)
+				s->followers = f->next;
+			if (f->next)
+				f->next->prev = f->prev;
+			r->follower = NULL;
+			follower_free(f);
+		}
+		pthread_mutex_unlock(&s->lock);
+	}
+	if (r->upload)
+		upload_free(r->upload);
+	if (r->ctx_free)
+		r->ctx_free(r->ctx);
+	if (r->response)
+		MHD_destroy_response(r->response);
+	buf_release(&r->body);
+	json_decref(r->json);
+	free(r->url);
+	pthread_mutex_destroy(&r->lock);
+	free(r);
+}
+
+static void count(struct req *r)
+{
+	struct route_stats *st = r->route ? r->route->stats : NULL;
+	if (!st)
+		return;
+	atomic_fetch_add(&st->requests, 1);
+	if (r->status < 300)
+		atomic_fetch_add(&st->status_2xx, 1);
+	else if (r->status < 500)
+		atomic_fetch_add(&st->status_4xx, 1);
+	else
+		atomic_fetch_add(&st->status_5xx, 1);
+	atomic_fetch_add(&st->ns_total, now_mono_ns() - r->start_ns);
+}
+
+static enum MHD_Result queue(struct req *r)
+{
+	struct MHD_Response *resp = r->response;
+	r->response = NULL;
+	r->phase = REQ_SENT;
+	count(r);
+	if (r->status >= 500)
+		log_warn("request failed method=%s url=%s status=%u", r->method,
+			 r->url ? r->url : "?", r->status);
+	else
+		log_debug("request method=%s url=%s status=%u", r->method, r->url ? r->url : "?",
+			  r->status);
+	enum MHD_Result ret = MHD_queue_response(r->conn, r->status, resp);
+	MHD_destroy_response(resp);
+	return ret;
+}
+
+/* After the handler ran: queue now, or suspend until someone answers. */
+static enum MHD_Result after_handler(struct req *r)
+{
+	pthread_mutex_lock(&r->lock);
+	if (r->phase == REQ_READY) {
+		pthread_mutex_unlock(&r->lock);
+		return queue(r);
+	}
+	r->suspended = true;
+	atomic_fetch_add(&r->srv->suspended, 1);
+	MHD_suspend_connection(r->conn);
+	pthread_mutex_unlock(&r->lock);
+	return MHD_YES;
+}
+
+static uint64_t route_body_limit(struct server *s, const struct route *rt)
+{
+	switch (rt->body) {
+	case BODY_JSON:
+	case BODY_TEXT: return s->cfg.body_max;
+	case BODY_LOG: return s->cfg.log_chunk_max;
+	case BODY_STREAM: return s->cfg.artifact_max;
+	case BODY_NONE: return 0;
+	}
+	return 0;
+}
+
+static enum MHD_Result first_call(struct server *s, struct req *r, const char *url)
+{
+	struct buf allow = BUF_INIT;
+	r->route = route_find(r, url, &allow);
+	if (!r->route) {
+		r->url = xstrdup(url);
+		if (allow.len) {
+			req_reply_error(r, MHD_HTTP_METHOD_NOT_ALLOWED, "method_not_allowed",
+					"%s is not allowed on %s (allowed: %s)", r->method, url,
+					allow.data);
+			MHD_add_response_header(r->response, MHD_HTTP_HEADER_ALLOW, allow.data);
+		} else {
+			req_reply_error(r, MHD_HTTP_NOT_FOUND, "not_found", "no such endpoint: %s %s",
+					r->method, url);
+		}
+		buf_release(&allow);
+		return queue(r);
+	}
+	buf_release(&allow);
+	if (http_authenticate(r) < 0)
+		return queue(r);
+
+	/* Request smuggling guard (RFC 9112 6.3): both framings at once. */
+	const char *te = req_header(r, MHD_HTTP_HEADER_TRANSFER_ENCODING);
+	const char *cl = req_header(r, MHD_HTTP_HEADER_CONTENT_LENGTH);
+	if (te && cl) {
+		req_reply_error(r, MHD_HTTP_BAD_REQUEST, "bad_request",
+				"a request may not carry both Transfer-Encoding and Content-Length");
+		return queue(r);
+	}
+	r->body_limit = route_body_limit(s, r->route);
+	if (cl && r->route->body != BODY_NONE) {
+		int64_t n;
+		if (parse_int64(cl, 0, INT64_MAX, &n) < 0) {
+			req_reply_error(r, MHD_HTTP_BAD_REQUEST, "bad_request",
+					"Content-Length '%s' is not a number", cl);
+			return queue(r);
+		}
+		if ((uint64_t)n > r->body_limit) {
+			char lim[32];
+			format_size(r->body_limit, lim);
+			req_reply_error(r, MHD_HTTP_CONTENT_TOO_LARGE, "body_too_large",
+					"the request body (%" PRId64 " bytes) is larger than this "
+					"endpoint accepts (%s)",
+					n, lim);
+			return queue(r);
+		}
+	}
+	bool timed_body = r->route->body == BODY_JSON || r->route->body == BODY_TEXT ||
+			  r->route->body == BODY_LOG;
+	set_deadline(s, r->ci,
+		     timed_body ? now_mono_ns() + s->cfg.body_timeout_ms * NSEC_PER_MSEC : 0);
+	if (r->route->body == BODY_STREAM) {
+		/* The handler checks what it can before the body flows. */
+		r->phase = REQ_HANDLER;
+		r->route->handle(r);
+		if (r->phase == REQ_READY)
+			return queue(r);
+		r->phase = REQ_BODY;
+	}
+	return MHD_YES;
+}
+
+static void take_body(struct req *r, const char *data, size_t len)
+{
+	if (r->body_too_large)
+		return;
+	if (r->route->body == BODY_NONE)
+		return; /* ignored */
+	if (r->route->body == BODY_STREAM) {
+		r->route->on_data(r, data, len);
+		return;
+	}
+	if (r->body.len + len > r->body_limit) {
+		r->body_too_large = true;
+		buf_release(&r->body);
+		return;
+	}
+	buf_append(&r->body, data, len);
+}
+
+static void parse_json_body(struct req *r)
+{
+	json_error_t jerr;
+	r->json = json_loadb(r->body.data ? r->body.data : "", r->body.len,
+			     JSON_REJECT_DUPLICATES, &jerr);
+	if (!r->json)
+		req_reply_error(r, MHD_HTTP_BAD_REQUEST, "bad_json",
+				"request body, line %d, column %d: %s", jerr.line, jerr.column,
+				jerr.text);
+	else if (!json_is_object(r->json))
+		req_reply_error(r, MHD_HTTP_BAD_REQUEST, "bad_json",
+				"request body: expected a JSON object");
+}
+
+static enum MHD_Result access_handler(void *cls, struct MHD_Connection *conn, const char *url,
+				      const char *method, const char *version,
+				      const char *upload_data, size_t *upload_data_size,
+				      void **con_cls)
+{
+	(void)version;
+	struct server *s = cls;
+	struct req *r = *con_cls;
+	if (!r) {
+		r = req_new(s, conn, method);
+		*con_cls = r;
+		if (s->stopping) {
+			r->url = xstrdup(url);
+			req_reply_error(r, MHD_HTTP_SERVICE_UNAVAILABLE, "unavailable",
+					"the server is shutting down");
+			return queue(r);
+		}
+		return first_call(s, r, url);
+	}
+	if (*upload_data_size) {
+		size_t n = *upload_data_size;
+		*upload_data_size = 0;
+		if (r->phase == REQ_BODY && !r->body_too_large) {
+			take_body(r, upload_data, n);
+			return MHD_YES;
+		}
+		/* Refused already (too large, or the stream handler answered):
+		 * MHD can only answer once the body is in, so the rest is read
+		 * and dropped, never stored; a client that keeps sending past
+		 * the allowance is disconnected. */
+		r->discarded += n;
+		return r->discarded > DISCARD_MAX ? MHD_NO : MHD_YES;
+	}
+	switch (r->phase) {
+	case REQ_BODY:
+		set_deadline(s, r->ci, 0);
+		if (r->body_too_large) {
+			char lim[32];
+			format_size(r->body_limit, lim);
+			req_reply_error(r, MHD_HTTP_CONTENT_TOO_LARGE, "body_too_large",
+					"the request body is larger than this endpoint accepts (%s)",
+					lim);
+			return queue(r);
+		}
+		r->phase = REQ_HANDLER;
+		if (r->route->body == BODY_JSON)
+			parse_json_body(r);
+		if (r->phase == REQ_HANDLER) {
+			if (r->route->body == BODY_STREAM)
+				r->route->on_data(r, NULL, 0);
+			else
+				r->route->handle(r);
+		}
+		return after_handler(r);
+	case REQ_READY:
+		return queue(r);
+	case REQ_HANDLER:
+	case REQ_SENT:
+		break;
+	}
+	return MHD_YES;
+}
+
+static void request_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
+			      enum MHD_RequestTerminationCode toe)
+{
+	struct server *s = cls;
+	struct req *r = *con_cls;
+	if (!r)
+		return;
+	*con_cls = NULL;
+	if (r->phase != REQ_SENT && r->route)
+		count(r);
+	if (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK)
+		log_debug("request ended early method=%s url=%s reason=%d", r->method,
+			  r->url ? r->url : "?", (int)toe);
+	/* The next request on this connection must arrive within the idle
+	 * timeout plus the header timeout. */
+	struct conn_info *ci = conn_info_of(conn);
+	if (ci)
+		set_deadline(s, ci,
+			     now_mono_ns() + ((uint64_t)s->cfg.idle_timeout_s * 1000 +
+					      s->cfg.header_timeout_ms) * NSEC_PER_MSEC);
+	req_free(r);
+}
+
+static void connection_notify(void *cls, struct MHD_Connection *conn, void **socket_context,
+			      enum MHD_ConnectionNotificationCode toe)
+{
+	struct server *s = cls;
+	if (toe == MHD_CONNECTION_NOTIFY_STARTED) {
+		struct conn_info *ci = xcalloc(1, sizeof(*ci));
+		const union MHD_ConnectionInfo *info =
+			MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+		ci->conn = conn;
+		ci->fd = info ? info->connect_fd : -1;
+		ci->started_ns = now_mono_ns();
+		ci->deadline_ns = ci->started_ns + s->cfg.header_timeout_ms * NSEC_PER_MSEC;
+		pthread_mutex_lock(&s->lock);
+		ci->next = s->conns;
+		if (s->conns)
+			s->conns->prev = ci;
+		s->conns = ci;
+		pthread_mutex_unlock(&s->lock);
+		*socket_context = ci;
+	} else if (toe == MHD_CONNECTION_NOTIFY_CLOSED) {
+		struct conn_info *ci = *socket_context;
+		if (!ci)
+			return;
+		/* MHD closes the socket after this returns: under the lock, the
+		 * timer can no longer shut down a reused fd. */
+		pthread_mutex_lock(&s->lock);
+		if (ci->prev)
+			ci->prev->next = ci->next;
+		else
+			s->conns = ci->next;
+		if (ci->next)
+			ci->next->prev = ci->prev;
+		pthread_mutex_unlock(&s->lock);
+		*socket_context = NULL;
+		free(ci);
+	}
+}
+
+/* Timer, under server.lock. */
+void http_check_deadlines(struct server *s, uint64_t now_ns)
+{
+	for (struct conn_info *ci = s->conns; ci; ci = ci->next) {
+		if (!ci->deadline_ns || now_ns < ci->deadline_ns || ci->closed || ci->fd < 0)
+			continue;
+		log_info("dropping a slow client: request not received in time fd=%d", ci->fd);
+		shutdown(ci->fd, SHUT_RDWR);
+		ci->closed = true;
+		ci->deadline_ns = 0;
+	}
+}
+
+static void mhd_log(void *cls, const char *fmt, va_list ap)
+{
+	(void)cls;
+	if (log_max_level < LOG_DEBUG)
+		return;
+	_cleanup_free_ char *msg = xvasprintf(fmt, ap);
+	size_t n = strlen(msg);
+	while (n && (msg[n - 1] == '\n' || msg[n - 1] == '\r'))
+		msg[--n] = '\0';
+	log_debug("libmicrohttpd: %s", msg);
+}
+
+static int parse_listen(const char *listen, struct sockaddr_storage *ss, socklen_t *len,
+			struct kiln_err *err)
+{
+	_cleanup_free_ char *copy = xstrdup(listen);
+	char *host = copy, *port;
+	if (startswith(copy, "http://"))
+		host += strlen("http://");
+	if (*host == '[') {
+		char *e = strchr(host, ']');
+		if (!e || e[1] != ':')
+			return kiln_err_set(err, -EINVAL, "listen address '%s': expected [IPV6]:PORT",
+					    listen);
+		*e = '\0';
+		host++;
+		port = e + 2;
+	} else {
+		port = strrchr(host, ':');
+		if (!port)
+			return kiln_err_set(err, -EINVAL,
+					    "listen address '%s': expected HOST:PORT (e.g. "
+					    "127.0.0.1:7700; port 0 picks a free one)",
+					    listen);
+		*port++ = '\0';
+	}
+	int64_t p;
+	if (parse_int64(port, 0, 65535, &p) < 0)
+		return kiln_err_set(err, -EINVAL, "listen address '%s': bad port '%s'", listen,
+				    port);
+	struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
+				 .ai_flags = AI_PASSIVE}, *res = NULL;
+	int rc = getaddrinfo(*host ? host : NULL, port, &hints, &res);
+	if (rc != 0)
+		return kiln_err_set(err, -EINVAL, "listen address '%s': %s", listen,
+				    gai_strerror(rc));
+	memcpy(ss, res->ai_addr, res->ai_addrlen);
+	*len = res->ai_addrlen;
+	freeaddrinfo(res);
+	return 0;
+}
+
+int http_start(struct server *s, struct kiln_err *err)
+{
+	struct sockaddr_storage ss;
+	socklen_t sslen;
+	int r = parse_listen(s->cfg.listen, &ss, &sslen, err);
+	if (r < 0)
+		return r;
+	unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL |
+			 MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
+	if (ss.ss_family == AF_INET6)
+		flags |= MHD_USE_IPv6;
+	s->mhd = MHD_start_daemon(
+		flags, 0, NULL, NULL, access_handler, s, MHD_OPTION_SOCK_ADDR,
+		(struct sockaddr *)&ss, MHD_OPTION_CONNECTION_LIMIT, s->cfg.max_connections,
+		MHD_OPTION_PER_IP_CONNECTION_LIMIT, s->cfg.per_ip_connections,
+		MHD_OPTION_CONNECTION_TIMEOUT, s->cfg.idle_timeout_s,
+		MHD_OPTION_NOTIFY_COMPLETED, request_completed, s, MHD_OPTION_NOTIFY_CONNECTION,
+		connection_notify, s, MHD_OPTION_THREAD_POOL_SIZE, s->cfg.threads,
+		MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)64 * 1024,
+		MHD_OPTION_LISTEN_BACKLOG_SIZE, 1024, MHD_OPTION_LISTENING_ADDRESS_REUSE, 1,
+		MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL, MHD_OPTION_END);
+	if (!s->mhd) {
+		int e = errno ? -errno : -EADDRINUSE;
+		return kiln_err_set(err, e, "cannot listen on '%s': %s", s->cfg.listen,
+				    strerror(-e));
+	}
+	const union MHD_DaemonInfo *di = MHD_get_daemon_info(s->mhd, MHD_DAEMON_INFO_LISTEN_FD);
+	struct sockaddr_storage bound;
+	socklen_t blen = sizeof(bound);
+	if (di && getsockname(di->listen_fd, (struct sockaddr *)&bound, &blen) == 0) {
+		char host[INET6_ADDRSTRLEN] = "?";
+		int port = 0;
+		if (bound.ss_family == AF_INET) {
+			struct sockaddr_in *in = (struct sockaddr_in *)&bound;
+			inet_ntop(AF_INET, &in->sin_addr, host, sizeof(host));
+			port = ntohs(in->sin_port);
+			snprintf(s->address, sizeof(s->address), "%s:%d", host, port);
+		} else {
+			struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&bound;
+			inet_ntop(AF_INET6, &in6->sin6_addr, host, sizeof(host));
+			port = ntohs(in6->sin6_port);
+			snprintf(s->address, sizeof(s->address), "[%s]:%d", host, port);
+		}
+	}
+	return 0;
+}
+
+void http_stop(struct server *s)
+{
+	if (!s->mhd)
+		return;
+	/* Every suspended connection must be resumed before MHD stops. */
+	MHD_socket lfd = MHD_quiesce_daemon(s->mhd);
+	if (lfd != MHD_INVALID_SOCKET)
+		close(lfd);
+	pthread_mutex_lock(&s->lock);
+	s->stopping = true;
+	while (s->waiters_head) {
+		struct req *r = s->waiters_head;
+		sched_unpark(s, r);
+		req_reply_error(r, MHD_HTTP_SERVICE_UNAVAILABLE, "unavailable",
+				"the server is shutting down");
+	}
+	for (struct follower *f = s->followers; f; f = f->next) {
+		f->ended = true;
+		if (f->suspended) {
+			f->suspended = false;
+			atomic_fetch_sub(&s->suspended, 1);
+			MHD_resume_connection(f->req->conn);
+		}
+	}
+	pthread_mutex_unlock(&s->lock);
+	/* Requests waiting for the store are answered from its callbacks: wait
+	 * for them (a barrier mutation commits after everything queued). */
+	for (int i = 0; i < 5000 && atomic_load(&s->suspended) > 0; i++) {
+		struct store_mut m = {.kind = STORE_BARRIER};
+		store_apply_wait(s->store, &m);
+		usleep(1000);
+	}
+	if (atomic_load(&s->suspended) > 0)
+		log_warn("stopping with suspended connections n=%d", atomic_load(&s->suspended));
+	MHD_stop_daemon(s->mhd);
+	s->mhd = NULL;
+}

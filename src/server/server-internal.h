@@ -1,0 +1,343 @@
+/*
+ * server-internal: the pieces of the server and how they share state.
+ *
+ * Locking: one mutex, server.lock, guards every in-memory index (jobs,
+ * classes, agents, waiters, followers, open logs). Handlers take it for
+ * microseconds; nothing blocks while holding it except small appends to
+ * log files. The store's writer thread runs `done` callbacks without it,
+ * except where they say otherwise.
+ *
+ * The in-memory state is the state the store will have once every queued
+ * mutation commits: the scheduler decides and enqueues the mutation under
+ * the lock, so the store applies decisions in the order they were taken. A
+ * request is answered only from the mutation's done callback (durable).
+ */
+#pragma once
+
+#include "proto/proto.h"
+#include "server.h"
+#include "store/store.h"
+
+#include <microhttpd.h>
+#include <pthread.h>
+#include <stdatomic.h>
+
+struct req;
+struct sjob;
+struct sagent;
+
+/* ---- routes ---------------------------------------------------------------- */
+
+enum body_kind {
+	BODY_NONE, /* no body accepted (GET) or ignored */
+	BODY_JSON, /* buffered up to body_max, parsed as JSON before the handler */
+	BODY_TEXT, /* buffered up to body_max, raw (job specs: YAML or JSON) */
+	BODY_LOG,  /* buffered up to log_chunk_max, raw bytes */
+	BODY_STREAM, /* handed to route->on_data as it arrives (artifacts) */
+};
+
+enum {
+	ROUTE_PUBLIC = 1 << 0, /* no authentication, ever (health) */
+	ROUTE_AGENT = 1 << 1,  /* an agent's call (role check, later) */
+};
+
+/* Per-route counters, exported by /metrics later. */
+struct route_stats {
+	atomic_uint_fast64_t requests;
+	atomic_uint_fast64_t status_2xx, status_4xx, status_5xx;
+	atomic_uint_fast64_t ns_total;
+};
+
+struct route {
+	const char *method;
+	const char *pattern; /* "/v1/jobs/{id}/log"; a trailing "{path*}" takes the rest */
+	const char *name;    /* "jobs.get" */
+	enum body_kind body;
+	unsigned flags;
+	void (*handle)(struct req *r);
+	/* BODY_STREAM: called for each piece of the body, then with len 0 at the end. */
+	void (*on_data)(struct req *r, const char *data, size_t len);
+	struct route_stats *stats;
+};
+
+extern const struct route server_routes[];
+extern const size_t server_routes_count;
+
+/* ---- requests ------------------------------------------------------------- */
+
+enum req_phase {
+	REQ_BODY,    /* receiving the body */
+	REQ_HANDLER, /* in the handler (or waiting for the store) */
+	REQ_READY,   /* response built; to be queued */
+	REQ_SENT,    /* queued to MHD */
+};
+
+/* Who is calling (filled by the auth middleware; anonymous for now). */
+struct principal {
+	const char *name; /* "anonymous" */
+	const char *org;  /* NULL: the default org */
+	unsigned roles;
+};
+
+struct follower;
+struct upload;
+
+struct req {
+	struct server *srv;
+	struct MHD_Connection *conn;
+	struct conn_info *ci;
+	const struct route *route;
+	const char *method;
+	char *url;
+	char *params[4]; /* path parameters in pattern order ({id}, {path*}) */
+	size_t n_params;
+	const struct principal *principal;
+	uint64_t start_ns;
+
+	/* body */
+	struct buf body;
+	uint64_t body_limit;
+	bool body_too_large;
+	uint64_t discarded; /* body bytes dropped after an early refusal */
+	json_t *json; /* BODY_JSON, parsed */
+
+	/* async completion: lock orders suspend before any resume */
+	pthread_mutex_t lock;
+	enum req_phase phase;
+	bool suspended;
+	bool parked; /* a waiter in server.waiters (under server.lock) */
+
+	/* the response */
+	unsigned status;
+	struct MHD_Response *response;
+
+	/* one mutation a handler may use; more are allocated */
+	struct store_mut mut;
+	void *ctx; /* handler's own data, freed by ctx_free */
+	void (*ctx_free)(void *ctx);
+
+	/* long-poll waiter (server.waiters) */
+	struct sagent *wait_agent;
+	uint64_t wait_deadline_ns;
+	struct req *wprev, *wnext;
+
+	struct follower *follower; /* GET .../log?follow */
+	struct upload *upload;     /* PUT .../artifacts/... */
+};
+
+/* Per TCP connection: for the header/body deadlines. */
+struct conn_info {
+	struct MHD_Connection *conn;
+	int fd;
+	uint64_t started_ns;   /* connection opened or previous request ended */
+	uint64_t deadline_ns;  /* 0 = none: headers are done and the body is not timed */
+	bool closed;
+	struct conn_info *prev, *next;
+};
+
+/* Responses. Each completes the request: queued now or on resume. */
+void req_reply_json(struct req *r, unsigned status, json_t *body); /* steals body */
+void req_reply_text(struct req *r, unsigned status, const char *content_type, char *text,
+		    size_t len); /* steals text */
+void req_reply_error(struct req *r, unsigned status, const char *code, const char *fmt, ...)
+	KILN_PRINTF(4, 5);
+void req_reply_response(struct req *r, unsigned status, struct MHD_Response *resp);
+/* The handler will answer later (from a store callback): suspend after return. */
+void req_defer(struct req *r);
+const char *req_query(struct req *r, const char *key);
+const char *req_header(struct req *r, const char *key);
+/* Parses a query parameter as an integer in [min, max]; missing: *ret = def. */
+int req_query_int(struct req *r, const char *key, int64_t min, int64_t max, int64_t def,
+		  int64_t *ret);
+/* Parses params[i] as a positive id; answers 404 and returns -EINVAL if not. */
+int req_param_id(struct req *r, size_t i, const char *what, int64_t *ret);
+
+/* ---- scheduler ------------------------------------------------------------ */
+
+/* Jobs with the same requirements share a class (and one priority queue). */
+struct sclass {
+	char *key;
+	char **labels; /* lower-case, sorted, without gpu-count:N */
+	size_t n_labels;
+	struct proto_capacity needs; /* slots 1 */
+	struct sjob **heap;          /* queued jobs: highest priority, then lowest id */
+	size_t n_heap, cap_heap;
+	size_t refs; /* jobs in memory pointing here */
+	bool schedulable;
+	char *reason; /* why not, when !schedulable */
+	struct sclass *next;
+};
+
+struct sjob {
+	int64_t id;
+	char *name;
+	int64_t priority;
+	struct sclass *cls;
+	enum job_state state;
+	int64_t attempt, max_attempts, fence;
+	uint64_t timeout_ms;
+	size_t heap_idx;
+	struct sagent *agent;    /* lease holder while active */
+	uint64_t lease_expires_ns; /* monotonic */
+	uint64_t deadline_ns;      /* monotonic: leased + timeout + grace */
+	struct sjob *hnext;        /* id hash chain */
+	struct sjob *aprev, *anext; /* server.active list */
+	struct joblog *log;        /* open log of the current attempt */
+};
+
+/* A lease the server took back (cancel, timeout, expiry) that the agent may
+ * still be running: it keeps the capacity until the agent lets go. */
+struct revoked {
+	int64_t job_id, fence;
+	struct proto_capacity needs;
+	const char *reason; /* "cancelled", "timed_out", "lease_expired", "lost" */
+	uint64_t expires_ns;
+};
+
+struct sagent {
+	int64_t id;
+	char *name;
+	char **labels; /* lower-case */
+	size_t n_labels;
+	struct proto_capacity capacity, used;
+	bool draining;
+	uint64_t registered_at;
+	uint64_t last_seen_ns, last_seen_ms;
+	struct sjob **jobs; /* active leases */
+	size_t n_jobs, cap_jobs;
+	struct revoked *revoked;
+	size_t n_revoked, cap_revoked;
+	struct sagent *next;
+};
+
+/* ---- logs ----------------------------------------------------------------- */
+
+/* The log of one attempt: head file + tail ring once past the cap. */
+struct joblog {
+	int64_t job_id, attempt;
+	int head_fd, tail_fd, size_fd;
+	uint64_t size; /* logical bytes appended */
+	bool dirty;    /* written since the last fdatasync */
+	bool warned;
+};
+
+struct follower {
+	struct req *req;
+	int64_t job_id;
+	int64_t attempt; /* 0: the job's first attempt, when it comes */
+	uint64_t offset;
+	bool sse;
+	bool follow;
+	bool suspended;
+	bool ended;
+	bool sent_end;
+	struct buf pending; /* formatted bytes not yet handed to MHD */
+	uint64_t next_ping_ns;
+	struct follower *prev, *next;
+};
+
+/* ---- the server ----------------------------------------------------------- */
+
+struct server {
+	struct server_config cfg;
+	char *listen, *state_dir, *logs_dir, *blobs_dir, *tmp_dir;
+	int lock_fd;
+	struct store *store;
+	struct MHD_Daemon *mhd;
+	char address[128];
+	bool started;
+	atomic_bool stopping;
+	atomic_bool ready;
+	atomic_int suspended; /* connections suspended (deferred answers, followers) */
+
+	pthread_mutex_t lock;
+	/* jobs in memory: queued and active */
+	struct sjob **jobs_tab;
+	size_t jobs_tab_size, n_jobs;
+	struct sjob *active_head; /* leased + running */
+	struct sclass *classes;
+	struct sagent *agents;
+	int64_t next_job_id, next_fence, next_agent_id;
+	struct req *waiters_head, *waiters_tail;
+	struct follower *followers;
+	struct conn_info *conns;
+
+	pthread_t timer;
+	pthread_cond_t timer_cond;
+	bool timer_running;
+	uint64_t now_mono_cache;
+};
+
+/* sched.c */
+int sched_load(struct server *s, struct kiln_err *err);
+void sched_free(struct server *s);
+struct sjob *sched_job(struct server *s, int64_t id);
+struct sagent *sched_agent(struct server *s, int64_t id);
+struct sagent *sched_agent_by_name(struct server *s, const char *name);
+/* Creates the in-memory job (queued) and dispatches it to a waiter. */
+struct sjob *sched_add_job(struct server *s, int64_t id, const char *name, int64_t priority,
+			   const char *runs_on, const struct proto_capacity *needs,
+			   int64_t max_attempts, uint64_t timeout_ms);
+void sched_dispatch(struct server *s, struct sjob *j);
+/* Grants a lease of j to a's waiting request r (enqueues the lease). */
+void sched_grant(struct server *s, struct sjob *j, struct sagent *a, struct req *r);
+struct sjob *sched_pick(struct server *s, struct sagent *a);
+/* Ends the active lease of j: releases capacity, remembers the revocation. */
+void sched_end_lease(struct server *s, struct sjob *j, const char *revoke_reason);
+void sched_remove_queued(struct server *s, struct sjob *j);
+void sched_free_job(struct server *s, struct sjob *j);
+void sched_requeue(struct server *s, struct sjob *j);
+/* Gives parked lease requests of agent a a chance at newly fitting work. */
+void sched_kick_agent(struct server *s, struct sagent *a);
+void sched_recheck_classes(struct server *s);
+void sched_fill_overlay(struct server *s, struct proto_job *pj);
+bool sched_revoked_take(struct sagent *a, int64_t job_id, int64_t fence, const char **reason);
+void sched_agent_to_proto(struct server *s, struct sagent *a, struct proto_agent *ret);
+void sched_park(struct server *s, struct req *r, struct sagent *a, uint64_t wait_ms);
+void sched_unpark(struct server *s, struct req *r);
+void sched_tick(struct server *s, uint64_t now_ns);
+void *sched_timer_main(void *p);
+/* A mutation owned by nobody: freed (and logged if refused) when done. */
+struct store_mut *mut_new(enum store_mut_kind kind);
+void mut_submit_detached(struct server *s, struct store_mut *m);
+
+/* http.c */
+int http_start(struct server *s, struct kiln_err *err);
+void http_stop(struct server *s);
+void http_resume(struct req *r); /* completes a deferred request (any thread) */
+void http_check_deadlines(struct server *s, uint64_t now_ns);
+
+/* handlers */
+void h_healthz(struct req *r);
+void h_readyz(struct req *r);
+void h_jobs_submit(struct req *r);
+void h_jobs_list(struct req *r);
+void h_jobs_get(struct req *r);
+void h_jobs_cancel(struct req *r);
+void h_jobs_retry(struct req *r);
+void h_jobs_status(struct req *r);
+void h_jobs_complete(struct req *r);
+void h_log_append(struct req *r);
+void h_log_get(struct req *r);
+void h_artifacts_list(struct req *r);
+void h_artifact_put(struct req *r);
+void h_artifact_put_data(struct req *r, const char *data, size_t len);
+void h_artifact_get(struct req *r);
+void h_agents_register(struct req *r);
+void h_agents_list(struct req *r);
+void h_agents_get(struct req *r);
+void h_agents_drain(struct req *r);
+void h_agents_lease(struct req *r);
+void h_agents_heartbeat(struct req *r);
+
+/* logs.c */
+void joblog_close(struct joblog *l);
+/* Wakes followers of a job (new bytes or the attempt ended). Under lock. */
+void logs_wake(struct server *s, int64_t job_id);
+void logs_ping(struct server *s, uint64_t now_ns);
+void follower_free(struct follower *f);
+/* Closes the open log of j's attempt (fdatasync if written). Under lock. */
+void logs_attempt_ended(struct server *s, struct sjob *j);
+
+/* artifacts.c */
+void upload_free(struct upload *u);

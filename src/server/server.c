@@ -1,0 +1,253 @@
+/*
+ * server: lifecycle (state directory, store, indexes, HTTP, timer), the
+ * route table and the health endpoints.
+ *
+ * State directory layout:
+ *   kiln.db (+ -wal, -shm)   the SQLite store
+ *   lock                     flock()ed by the one server that owns the directory
+ *   logs/<job>/<attempt>.*   job logs
+ *   artifacts/blobs/aa/<sha256>, artifacts/tmp/   artifact content
+ */
+#include "server-internal.h"
+
+#include <fcntl.h>
+#include <sodium.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+
+void server_config_init(struct server_config *c)
+{
+	*c = (struct server_config){
+		.listen = "127.0.0.1:7700",
+		.state_dir = NULL,
+		.durable = true,
+		.lease_ttl_ms = 30000,
+		.timeout_grace_ms = 30000,
+		.max_wait_ms = 60000,
+		.agent_offline_ms = 90000,
+		.log_cap = 64ULL << 20,
+		.log_chunk_max = 1 << 20,
+		.artifact_max = 1ULL << 30,
+		.body_max = 1 << 20,
+		.max_connections = 1000,
+		.per_ip_connections = 0,
+		.header_timeout_ms = 10000,
+		.body_timeout_ms = 30000,
+		.idle_timeout_s = 60,
+		.threads = 2,
+	};
+}
+
+/* ---- routes --------------------------------------------------------------- */
+
+#define R(m, p, n, b, f, h, d)                                                                  \
+	{                                                                                       \
+		.method = m, .pattern = p, .name = n, .body = b, .flags = f, .handle = h,       \
+		.on_data = d, .stats = &(struct route_stats){0}                                 \
+	}
+
+const struct route server_routes[] = {
+	R("GET", "/healthz", "healthz", BODY_NONE, ROUTE_PUBLIC, h_healthz, NULL),
+	R("GET", "/readyz", "readyz", BODY_NONE, ROUTE_PUBLIC, h_readyz, NULL),
+	R("POST", "/v1/jobs", "jobs.submit", BODY_TEXT, 0, h_jobs_submit, NULL),
+	R("GET", "/v1/jobs", "jobs.list", BODY_NONE, 0, h_jobs_list, NULL),
+	R("GET", "/v1/jobs/{id}", "jobs.get", BODY_NONE, 0, h_jobs_get, NULL),
+	R("POST", "/v1/jobs/{id}/cancel", "jobs.cancel", BODY_NONE, 0, h_jobs_cancel, NULL),
+	R("POST", "/v1/jobs/{id}/retry", "jobs.retry", BODY_NONE, 0, h_jobs_retry, NULL),
+	R("POST", "/v1/jobs/{id}/status", "jobs.status", BODY_JSON, ROUTE_AGENT, h_jobs_status,
+	  NULL),
+	R("POST", "/v1/jobs/{id}/complete", "jobs.complete", BODY_JSON, ROUTE_AGENT,
+	  h_jobs_complete, NULL),
+	R("POST", "/v1/jobs/{id}/log", "jobs.log.append", BODY_LOG, ROUTE_AGENT, h_log_append,
+	  NULL),
+	R("GET", "/v1/jobs/{id}/log", "jobs.log.get", BODY_NONE, 0, h_log_get, NULL),
+	R("GET", "/v1/jobs/{id}/artifacts", "artifacts.list", BODY_NONE, 0, h_artifacts_list,
+	  NULL),
+	R("PUT", "/v1/jobs/{id}/artifacts/{path*}", "artifacts.put", BODY_STREAM, ROUTE_AGENT,
+	  h_artifact_put, h_artifact_put_data),
+	R("GET", "/v1/jobs/{id}/artifacts/{path*}", "artifacts.get", BODY_NONE, 0,
+	  h_artifact_get, NULL),
+	R("POST", "/v1/agents", "agents.register", BODY_JSON, ROUTE_AGENT, h_agents_register,
+	  NULL),
+	R("GET", "/v1/agents", "agents.list", BODY_NONE, 0, h_agents_list, NULL),
+	R("GET", "/v1/agents/{id}", "agents.get", BODY_NONE, 0, h_agents_get, NULL),
+	R("POST", "/v1/agents/{id}/drain", "agents.drain", BODY_JSON, 0, h_agents_drain, NULL),
+	R("POST", "/v1/agents/{id}/lease", "agents.lease", BODY_JSON, ROUTE_AGENT, h_agents_lease,
+	  NULL),
+	R("POST", "/v1/agents/{id}/heartbeat", "agents.heartbeat", BODY_JSON, ROUTE_AGENT,
+	  h_agents_heartbeat, NULL),
+};
+const size_t server_routes_count = ARRAY_SIZE(server_routes);
+
+void h_healthz(struct req *r)
+{
+	req_reply_json(r, MHD_HTTP_OK, json_pack("{s:s}", "status", "ok"));
+}
+
+void h_readyz(struct req *r)
+{
+	struct server *s = r->srv;
+	if (!atomic_load(&s->ready) || atomic_load(&s->stopping)) {
+		req_reply_error(r, MHD_HTTP_SERVICE_UNAVAILABLE, "not_ready",
+				"the server is %s", atomic_load(&s->stopping) ? "stopping" : "starting");
+		return;
+	}
+	struct store_stats st;
+	store_get_stats(s->store, &st);
+	pthread_mutex_lock(&s->lock);
+	size_t jobs = s->n_jobs, agents = 0;
+	for (struct sagent *a = s->agents; a; a = a->next)
+		agents++;
+	pthread_mutex_unlock(&s->lock);
+	req_reply_json(r, MHD_HTTP_OK,
+		       json_pack("{s:s,s:s,s:I,s:I,s:I,s:I}", "status", "ready", "store",
+				 store_backend(s->store), "jobs_in_memory", (json_int_t)jobs,
+				 "agents", (json_int_t)agents, "commits", (json_int_t)st.batches,
+				 "mutations", (json_int_t)st.mutations));
+}
+
+/* ---- lifecycle ------------------------------------------------------------ */
+
+static int check_config(const struct server_config *c, struct kiln_err *err)
+{
+	if (!c->state_dir || !*c->state_dir)
+		return kiln_err_set(err, -EINVAL, "a state directory is required");
+	if (c->log_cap < 64 * 1024)
+		return kiln_err_set(err, -EINVAL, "the log cap must be at least 64Ki");
+	if (c->lease_ttl_ms < 100)
+		return kiln_err_set(err, -EINVAL, "the lease TTL must be at least 100ms");
+	if (c->threads < 1 || c->threads > 64)
+		return kiln_err_set(err, -EINVAL, "threads must be in 1..64");
+	if (c->max_connections < 4)
+		return kiln_err_set(err, -EINVAL, "max connections must be at least 4");
+	return 0;
+}
+
+static int make_dirs(struct server *s, struct kiln_err *err)
+{
+	const char *dirs[] = {s->state_dir, s->logs_dir, s->blobs_dir, s->tmp_dir};
+	for (size_t i = 0; i < ARRAY_SIZE(dirs); i++) {
+		int r = mkdir_p(dirs[i], 0700);
+		if (r < 0)
+			return kiln_err_set(err, r, "cannot create '%s': %s", dirs[i], strerror(-r));
+	}
+	return 0;
+}
+
+static int take_lock(struct server *s, struct kiln_err *err)
+{
+	_cleanup_free_ char *p = path_join(s->state_dir, "lock");
+	s->lock_fd = open(p, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+	if (s->lock_fd < 0)
+		return kiln_err_set(err, -errno, "cannot open '%s': %s", p, strerror(errno));
+	if (flock(s->lock_fd, LOCK_EX | LOCK_NB) < 0) {
+		int r = -errno;
+		return kiln_err_set(err, r == -EWOULDBLOCK ? -EBUSY : r,
+				    "state directory '%s' is in use by another kiln server",
+				    s->state_dir);
+	}
+	return 0;
+}
+
+int server_new(const struct server_config *c, struct server **ret, struct kiln_err *err)
+{
+	int r = check_config(c, err);
+	if (r < 0)
+		return r;
+	if (sodium_init() < 0)
+		return kiln_err_set(err, -EIO, "libsodium failed to initialise");
+	struct server *s = xcalloc(1, sizeof(*s));
+	s->cfg = *c;
+	s->lock_fd = -1;
+	s->state_dir = xstrdup(c->state_dir);
+	s->cfg.state_dir = s->state_dir;
+	s->listen = xstrdup(c->listen ? c->listen : "127.0.0.1:7700");
+	s->cfg.listen = s->listen;
+	s->logs_dir = path_join(s->state_dir, "logs");
+	s->blobs_dir = path_join(s->state_dir, "artifacts/blobs");
+	s->tmp_dir = path_join(s->state_dir, "artifacts/tmp");
+	pthread_mutex_init(&s->lock, NULL);
+	pthread_condattr_t ca;
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(&s->timer_cond, &ca);
+	pthread_condattr_destroy(&ca);
+
+	r = make_dirs(s, err);
+	if (r >= 0)
+		r = take_lock(s, err);
+	if (r >= 0) {
+		_cleanup_free_ char *db = path_join(s->state_dir, "kiln.db");
+		_cleanup_free_ char *url = c->store_url ? xstrdup(c->store_url)
+							 : xasprintf("sqlite:%s", db);
+		struct store_options so;
+		store_options_init(&so);
+		so.durable = c->durable;
+		r = store_open(url, &so, &s->store, err);
+	}
+	if (r >= 0)
+		r = sched_load(s, err);
+	if (r < 0) {
+		server_free(s);
+		return r;
+	}
+	*ret = s;
+	return 0;
+}
+
+int server_start(struct server *s, struct kiln_err *err)
+{
+	if (s->started)
+		return 0;
+	int r = http_start(s, err);
+	if (r < 0)
+		return r;
+	s->timer_running = true;
+	r = -pthread_create(&s->timer, NULL, sched_timer_main, s);
+	if (r < 0) {
+		s->timer_running = false;
+		http_stop(s);
+		return kiln_err_set(err, r, "cannot start the timer thread: %s", strerror(-r));
+	}
+	s->started = true;
+	atomic_store(&s->ready, true);
+	log_info("kiln server listening addr=%s state=%s store=%s", s->address, s->state_dir,
+		 store_backend(s->store));
+	return 0;
+}
+
+const char *server_address(const struct server *s) { return s->address; }
+
+void server_stop(struct server *s)
+{
+	if (!s || !s->started)
+		return;
+	atomic_store(&s->ready, false);
+	pthread_mutex_lock(&s->lock);
+	s->timer_running = false;
+	pthread_cond_signal(&s->timer_cond);
+	pthread_mutex_unlock(&s->lock);
+	pthread_join(s->timer, NULL);
+	http_stop(s);
+	s->started = false;
+	log_info("kiln server stopped");
+}
+
+void server_free(struct server *s)
+{
+	if (!s)
+		return;
+	server_stop(s);
+	store_close(s->store);
+	sched_free(s);
+	if (s->lock_fd >= 0)
+		close(s->lock_fd);
+	pthread_mutex_destroy(&s->lock);
+	pthread_cond_destroy(&s->timer_cond);
+	free(s->listen);
+	free(s->state_dir);
+	free(s->logs_dir);
+	free(s->blobs_dir);
+	free(s->tmp_dir);
+	free(s);
+}

@@ -1,0 +1,57 @@
+/*
+ * server: kiln's control plane — the HTTP/JSON API under /v1, the scheduler
+ * (matching, leases with fence tokens, long-poll dispatch), job logs and
+ * artifacts, on top of the store. docs/internals/server.md describes the
+ * protocol and the invariants; docs/api.yaml every endpoint.
+ *
+ * Embeddable: `kiln server` runs one; `kiln up` can run one in-process next to
+ * an agent. Lifecycle: server_new() (opens the state directory and the
+ * store, rebuilds the in-memory indexes), server_start() (listens, starts the
+ * timer), server_stop() (stops answering, resumes every parked request with
+ * 503, drains the store), server_free().
+ */
+#pragma once
+
+#include "base/base.h"
+
+struct server;
+
+struct server_config {
+	const char *listen;    /* "HOST:PORT" ("127.0.0.1:7700"); port 0 picks a free one */
+	const char *state_dir; /* kiln.db, logs/, artifacts/ live here */
+	const char *store_url; /* NULL: sqlite:<state_dir>/kiln.db */
+	bool durable;          /* fsync every commit (default true; benchmarks may say false) */
+	uint64_t lease_ttl_ms;     /* a lease not renewed for this long expires (30 s) */
+	uint64_t timeout_grace_ms; /* server-side timeout = job timeout + grace (30 s) */
+	uint64_t max_wait_ms;      /* longest long-poll (60 s) */
+	uint64_t agent_offline_ms; /* an agent unheard of for this long is offline (90 s) */
+	uint64_t log_cap;          /* bytes kept per job attempt log: head + tail (64 MiB) */
+	uint64_t log_chunk_max;    /* largest log chunk (1 MiB) */
+	uint64_t artifact_max;     /* largest artifact (1 GiB) */
+	uint64_t body_max;         /* largest JSON/YAML request body (1 MiB) */
+	unsigned max_connections;  /* more are refused (1000) */
+	unsigned per_ip_connections; /* 0 = no per-address limit */
+	unsigned header_timeout_ms;  /* request line + headers must arrive within (10 s) */
+	unsigned body_timeout_ms;    /* a JSON body must arrive within (30 s) */
+	unsigned idle_timeout_s;     /* idle keep-alive connections are closed (60 s) */
+	unsigned threads;            /* HTTP threads (2) */
+};
+
+/* Fills the defaults above. */
+void server_config_init(struct server_config *c);
+
+/*
+ * Opens the state directory (created 0700 if missing; locked so one server
+ * owns it), the store, and rebuilds the scheduler's indexes from it.
+ */
+int server_new(const struct server_config *c, struct server **ret, struct kiln_err *err);
+/* Binds and starts serving. -EADDRINUSE etc. with err set. */
+int server_start(struct server *s, struct kiln_err *err);
+/* "HOST:PORT" actually bound (valid after server_start). */
+const char *server_address(const struct server *s);
+/* Stops serving; idempotent. */
+void server_stop(struct server *s);
+void server_free(struct server *s);
+
+/* Prints "METHOD PATH" for every route (for docs/api.yaml checks). */
+void server_print_routes(FILE *f);
