@@ -940,7 +940,7 @@ static char *default_step_name(const char *run)
 static void parse_step(struct vctx *c, const struct node *n, struct spec_step *st)
 {
 	if (n->type == NODE_SCALAR && !n->bad && !is_null(n)) {
-		err(c, n, "a step is a mapping; write - run: %s", n->text);
+		err(c, n, "a step is a mapping; write - run: %s", q(c, n->text));
 		return;
 	}
 	if (n->type != NODE_MAP) {

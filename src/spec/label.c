@@ -49,7 +49,9 @@ static bool label_check(const char *s, char *why, size_t whylen)
 		}
 		if (in_value ? value_char(c) : key_char(c))
 			continue;
-		if ((unsigned char)c >= 0x80)
+		if ((unsigned char)c < 0x20 || c == 0x7f)
+			snprintf(why, whylen, "control characters and line breaks are not allowed");
+		else if ((unsigned char)c >= 0x80)
 			snprintf(why, whylen, "only ASCII letters, digits and - _ . / + are allowed");
 		else if (c == ' ' || c == '\t')
 			snprintf(why, whylen, "spaces are not allowed (a list of labels is written "

@@ -212,7 +212,7 @@ TEST(value_suggestions)
 		   "t.yaml:4:11: secrets[0]: \"npm-token\" is not a valid secret name (upper-case "
 		   "letters, digits and _; did you mean \"NPM_TOKEN\"?)\n");
 	CHECK_ERRS("name: t\nsteps:\n  - make test\n",
-		   "t.yaml:3:5: steps[0]: a step is a mapping; write - run: make test\n");
+		   "t.yaml:3:5: steps[0]: a step is a mapping; write - run: \"make test\"\n");
 	CHECK_ERRS("name: t\nsteps:\n  - run: x\n    shell: bsh\n",
 		   "t.yaml:4:12: steps[0].shell: \"bsh\" is not a known shell (bash, sh, python); "
 		   "for another program write a command with {0} for the script, e.g. \"bsh "
@@ -329,6 +329,9 @@ TEST(label_grammar)
 	CHECK(!spec_label_valid(":x"));
 	CHECK(!spec_label_valid("a b"));
 	CHECK(!spec_label_valid(NULL));
+	CHECK_EQ(spec_label_parse("a\nb", &l, &e), -EINVAL);
+	CHECK_STREQ(e.msg, "\"a\\nb\" is not a valid label: control characters and line breaks "
+			   "are not allowed");
 	char longl[SPEC_LABEL_MAX + 2];
 	memset(longl, 'a', sizeof(longl) - 1);
 	longl[sizeof(longl) - 1] = '\0';
