@@ -221,7 +221,7 @@ int proto_capacity_from_json(json_t *o, const char *what, struct proto_capacity 
 		c.cpus = json_number_value(v);
 	}
 	v = json_object_get(o, "memory");
-	if (v && json_is_string(v)) {
+	if (json_is_string(v)) {
 		if (parse_size(json_string_value(v), &c.memory) < 0)
 			return kiln_err_set(err, -EINVAL,
 					    "%s.memory: '%s' is not a size (use e.g. 512Mi, 4Gi)",

@@ -141,6 +141,8 @@ static bool route_match(const char *pattern, char *path, char **params, size_t *
 	while (*p) {
 		if (*p == '{') {
 			const char *close = strchr(p, '}');
+			if (!close)
+				return false;
 			bool rest = close && close > p + 1 && close[-1] == '*';
 			if (rest) {
 				if (!*u)
@@ -638,8 +640,8 @@ static int parse_listen(const char *listen, struct sockaddr_storage *ss, socklen
 
 int http_start(struct server *s, struct kiln_err *err)
 {
-	struct sockaddr_storage ss;
-	socklen_t sslen;
+	struct sockaddr_storage ss = {0};
+	socklen_t sslen = 0;
 	int r = parse_listen(s->cfg.listen, &ss, &sslen, err);
 	if (r < 0)
 		return r;
@@ -663,20 +665,22 @@ int http_start(struct server *s, struct kiln_err *err)
 				    strerror(-e));
 	}
 	const union MHD_DaemonInfo *di = MHD_get_daemon_info(s->mhd, MHD_DAEMON_INFO_LISTEN_FD);
-	struct sockaddr_storage bound;
+	struct sockaddr_storage bound = {0};
 	socklen_t blen = sizeof(bound);
 	if (di && getsockname(di->listen_fd, (struct sockaddr *)&bound, &blen) == 0) {
 		char host[INET6_ADDRSTRLEN] = "?";
 		int port = 0;
 		if (bound.ss_family == AF_INET) {
-			struct sockaddr_in *in = (struct sockaddr_in *)&bound;
-			inet_ntop(AF_INET, &in->sin_addr, host, sizeof(host));
-			port = ntohs(in->sin_port);
+			struct sockaddr_in in;
+			memcpy(&in, &bound, sizeof(in));
+			inet_ntop(AF_INET, &in.sin_addr, host, sizeof(host));
+			port = ntohs(in.sin_port);
 			snprintf(s->address, sizeof(s->address), "%s:%d", host, port);
 		} else {
-			struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&bound;
-			inet_ntop(AF_INET6, &in6->sin6_addr, host, sizeof(host));
-			port = ntohs(in6->sin6_port);
+			struct sockaddr_in6 in6;
+			memcpy(&in6, &bound, sizeof(in6));
+			inet_ntop(AF_INET6, &in6.sin6_addr, host, sizeof(host));
+			port = ntohs(in6.sin6_port);
 			snprintf(s->address, sizeof(s->address), "[%s]:%d", host, port);
 		}
 	}

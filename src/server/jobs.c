@@ -126,7 +126,7 @@ static void submit_jobs(struct req *r, struct submit_ctx *c)
 	struct server *s = r->srv;
 	json_t *arr = json_array();
 	pthread_mutex_lock(&s->lock);
-	struct sjob **made = xcalloc(c->n, sizeof(*made));
+	struct sjob **made = xcalloc(c->n, sizeof(*made)); // NOLINT(bugprone-sizeof-expression): an array of pointers
 	for (size_t i = 0; i < c->n; i++) {
 		struct store_job_new *n = &c->v[i];
 		n->id = s->next_job_id++;

@@ -65,7 +65,7 @@ static size_t id_hash(int64_t id, size_t size)
 static void table_grow(struct server *s)
 {
 	size_t nsize = s->jobs_tab_size ? s->jobs_tab_size * 2 : 1024;
-	struct sjob **tab = xcalloc(nsize, sizeof(*tab));
+	struct sjob **tab = xcalloc(nsize, sizeof(*tab)); // NOLINT(bugprone-sizeof-expression): an array of pointers
 	for (size_t i = 0; i < s->jobs_tab_size; i++) {
 		struct sjob *j = s->jobs_tab[i], *next;
 		for (; j; j = next) {
@@ -159,7 +159,7 @@ static void heap_down(struct sclass *c, size_t i)
 
 static void heap_push(struct sclass *c, struct sjob *j)
 {
-	c->heap = xgrow(c->heap, &c->cap_heap, c->n_heap + 1, sizeof(*c->heap));
+	c->heap = xgrow(c->heap, &c->cap_heap, c->n_heap + 1, sizeof(*c->heap)); // NOLINT(bugprone-sizeof-expression): an array of pointers
 	c->heap[c->n_heap] = j;
 	j->heap_idx = c->n_heap++;
 	heap_up(c, j->heap_idx);
@@ -375,7 +375,7 @@ static void cap_add(struct proto_capacity *u, const struct proto_capacity *n, in
 
 static void agent_add_job(struct sagent *a, struct sjob *j)
 {
-	a->jobs = xgrow(a->jobs, &a->cap_jobs, a->n_jobs + 1, sizeof(*a->jobs));
+	a->jobs = xgrow(a->jobs, &a->cap_jobs, a->n_jobs + 1, sizeof(*a->jobs)); // NOLINT(bugprone-sizeof-expression): an array of pointers
 	a->jobs[a->n_jobs++] = j;
 	cap_add(&a->used, &j->cls->needs, +1);
 }

@@ -427,8 +427,8 @@ static int apply_start(struct conn *c, struct store_mut *m)
 	if (r < 0)
 		return r;
 	if (sqlite3_changes(c->db) == 0) {
-		enum job_state state;
-		int64_t fence;
+		enum job_state state = JOB_QUEUED;
+		int64_t fence = 0;
 		r = job_state(c, m->start.job_id, &state, &fence);
 		if (r < 0)
 			return r;
@@ -465,8 +465,8 @@ static int apply_finish(struct conn *c, struct store_mut *m)
 	if (r < 0)
 		return r;
 	if (sqlite3_changes(c->db) == 0) {
-		enum job_state state;
-		int64_t fence;
+		enum job_state state = JOB_QUEUED;
+		int64_t fence = 0;
 		r = job_state(c, m->finish.job_id, &state, &fence);
 		if (r < 0)
 			return r;

@@ -168,6 +168,8 @@ int store_apply_wait(struct store *s, struct store_mut *m)
 	pthread_mutex_init(&w.lock, NULL);
 	pthread_cond_init(&w.cond, NULL);
 	m->done = wait_done;
+	/* w outlives the mutation: this function waits for its done. */
+	// cppcheck-suppress autoVariables
 	m->userdata = &w;
 	store_submit(s, m);
 	pthread_mutex_lock(&w.lock);
