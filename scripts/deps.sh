@@ -11,7 +11,7 @@ BUILD="meson ninja-build gcc clang libclang-rt-14-dev pkg-config
  libcurl4-openssl-dev libseccomp-dev libcap-dev libsodium-dev libncurses-dev
  libpq-dev zlib1g-dev"
 TEST="python3 python3-yaml clang-tidy clang-format cppcheck curl iproute2
- util-linux procps tmux prometheus sqlite3 uidmap"
+ util-linux procps tmux prometheus sqlite3 uidmap busybox-static"
 BENCH="bubblewrap crun runc hyperfine redis-server postgresql"
 
 want="$BUILD $TEST"

@@ -49,4 +49,6 @@ int cmd_validate(int argc, char **argv);
 extern const char cmd_validate_help[];
 extern const char cmd_server_help[];
 int cmd_server(int argc, char **argv);
+int cmd_sandbox(int argc, char **argv);
+extern const char cmd_sandbox_help[];
 

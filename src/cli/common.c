@@ -6,6 +6,8 @@ const struct cli_command cli_commands[] = {
 	{"help", "show help for a command", "usage: kiln help [COMMAND]\n", cmd_help},
 	{"validate", "check job specs, print them normalised", cmd_validate_help, cmd_validate},
 	{"server", "run the control plane (HTTP API, scheduler, store)", cmd_server_help, cmd_server},
+	{"sandbox", "run a command in a sandbox by hand (run, probe, cleanup)", cmd_sandbox_help,
+	 cmd_sandbox},
 };
 const size_t cli_commands_count = ARRAY_SIZE(cli_commands);
 

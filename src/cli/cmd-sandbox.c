@@ -1,0 +1,603 @@
+/*
+ * cmd-sandbox: `kiln sandbox run|probe|cleanup` — drive the sandbox engine
+ * by hand (the agent drives it through src/sandbox/sandbox.h).
+ *
+ * `run` passes kiln's own stdin/stdout/stderr to the command, waits for it
+ * (with --timeout, or until SIGINT/SIGTERM/SIGHUP cancels it: the whole
+ * sandbox is killed either way), destroys the sandbox and reports the result
+ * (-o json: one JSON object on stdout after the command's own output).
+ */
+#include "cli.h"
+#include "sandbox/sandbox.h"
+
+#include <getopt.h>
+#include <inttypes.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/signalfd.h>
+
+enum {
+	EXIT_TIMEOUT = 124,
+	EXIT_SETUP = 125,
+	EXIT_NOEXEC = 126,
+	EXIT_NOTFOUND = 127,
+};
+
+const char cmd_sandbox_help[] =
+	"usage: kiln sandbox run [OPTIONS] [--] CMD [ARGS...]\n"
+	"       kiln sandbox probe [-o json] [--state-dir DIR] [--rootfs host|DIR]\n"
+	"       kiln sandbox cleanup [--state-dir DIR]\n"
+	"\n"
+	"Runs CMD in a fresh sandbox: new user, pid, mount, net, uts, ipc and cgroup\n"
+	"namespaces, a throw-away overlay root, a cgroup with limits, seccomp, no\n"
+	"capabilities beyond a small documented set, kiln-init as PID 1. CMD gets kiln's\n"
+	"stdin, stdout and stderr. When CMD exits (or times out, or kiln is interrupted)\n"
+	"every process of the sandbox is killed and everything it used is removed.\n"
+	"\n"
+	"options of run:\n"
+	"  --rootfs host|DIR     root filesystem: the host's /usr, /etc (secrets hidden)\n"
+	"                        and /bin, /lib* read-only (default), or a rootfs directory\n"
+	"  --workspace DIR       bind DIR read-write at /workspace (and start there)\n"
+	"  --bind SRC:DST[:ro]   bind a host path (repeatable)\n"
+	"  --cwd DIR             working directory inside (default /workspace or /)\n"
+	"  --env KEY=VALUE       set a variable; --env KEY copies kiln's (repeatable);\n"
+	"                        the environment is otherwise PATH and HOME only\n"
+	"  --user UID[:GID]      run as this user inside (default 0, root of the sandbox)\n"
+	"  --hostname NAME       default 'sandbox'\n"
+	"  --net none|host       none: only loopback (default); host: the host's network\n"
+	"  --cpus N              CPU limit, e.g. 1.5 or 500m\n"
+	"  --memory SIZE         memory limit, e.g. 512Mi (swap off)\n"
+	"  --pids N              process limit (kiln-init counts as one)\n"
+	"  --disk SIZE           size of the writable layer (root changes, /tmp, /dev/shm)\n"
+	"  --timeout DURATION    kill the sandbox after e.g. 30s, 10m\n"
+	"  --keep                keep the writable layer (on disk; its path is printed)\n"
+	"  --state-dir DIR       default /var/lib/kiln/sandbox (root) or\n"
+	"                        $XDG_RUNTIME_DIR/kiln/sandbox\n"
+	"  --cgroup-parent PATH  /abs: under each hierarchy's root (default /kiln as root);\n"
+	"                        rel: under kiln's own cgroup (default rootless)\n"
+	"  --init PATH           the kiln-init binary (default $KILN_INIT, next to kiln)\n"
+	"  -o, --output FORMAT   text (default) or json: the result on stdout at the end\n"
+	"\n"
+	"exit codes: CMD's exit code, or 128+N if a signal N killed it; 124 timed out;\n"
+	"125 the sandbox could not be set up; 126 CMD not executable; 127 CMD not found;\n"
+	"2 usage error.\n";
+
+/* ---- run ------------------------------------------------------------------ */
+
+struct run_opts {
+	struct sandbox_config cfg;
+	struct sandbox_bind binds[SANDBOX_MAX_BINDS];
+	char *bind_copies[SANDBOX_MAX_BINDS]; /* storage of binds[i] (sandbox_bind_parse) */
+	char **env;
+	size_t n_env;
+	const char *cwd;
+	uid_t uid;
+	gid_t gid;
+	uint64_t timeout_ms;
+	bool json;
+};
+
+static int parse_user(const char *s, uid_t *uid, gid_t *gid)
+{
+	char buf[64];
+	if (strlen(s) >= sizeof(buf))
+		return -EINVAL;
+	snprintf(buf, sizeof(buf), "%s", s);
+	char *colon = strchr(buf, ':');
+	if (colon)
+		*colon = '\0';
+	int64_t u, g;
+	if (parse_int64(buf, 0, 65535, &u) < 0)
+		return -EINVAL;
+	g = u;
+	if (colon && parse_int64(colon + 1, 0, 65535, &g) < 0)
+		return -EINVAL;
+	*uid = (uid_t)u;
+	*gid = (gid_t)g;
+	return 0;
+}
+
+static bool env_has(char **env, size_t n, const char *key)
+{
+	size_t kl = strlen(key);
+	for (size_t i = 0; i < n; i++)
+		if (strncmp(env[i], key, kl) == 0 && env[i][kl] == '=')
+			return true;
+	return false;
+}
+
+/* Prints a usage error; returns -2 (parse_run: < 0 means "exit now"). */
+#define usage(cmd, ...) ((void)cli_usage_error(cmd, __VA_ARGS__), -2)
+
+static int parse_run(int argc, char **argv, struct run_opts *o)
+{
+	static const struct option opts[] = {
+		{"rootfs", required_argument, NULL, 'r'},
+		{"workspace", required_argument, NULL, 'w'},
+		{"bind", required_argument, NULL, 'b'},
+		{"cwd", required_argument, NULL, 'C'},
+		{"env", required_argument, NULL, 'e'},
+		{"user", required_argument, NULL, 'u'},
+		{"hostname", required_argument, NULL, 'H'},
+		{"net", required_argument, NULL, 'n'},
+		{"cpus", required_argument, NULL, 'c'},
+		{"memory", required_argument, NULL, 'm'},
+		{"pids", required_argument, NULL, 'p'},
+		{"disk", required_argument, NULL, 'd'},
+		{"timeout", required_argument, NULL, 't'},
+		{"keep", no_argument, NULL, 'k'},
+		{"state-dir", required_argument, NULL, 's'},
+		{"cgroup-parent", required_argument, NULL, 'g'},
+		{"cgroup-root", required_argument, NULL, 'G'},
+		{"init", required_argument, NULL, 'i'},
+		{"output", required_argument, NULL, 'o'},
+		{"help", no_argument, NULL, 'h'},
+		{0},
+	};
+	const char *cmd = "sandbox run";
+	int c;
+	opterr = 0;
+	while ((c = getopt_long(argc, argv, "+o:h", opts, NULL)) != -1) {
+		struct kiln_err err = {0};
+		int64_t v;
+		switch (c) {
+		case 'h':
+			fputs(cmd_sandbox_help, stdout);
+			return -1;
+		case 'r':
+			o->cfg.rootfs = optarg;
+			break;
+		case 'w':
+			o->cfg.workspace = optarg;
+			break;
+		case 'b':
+			if (o->cfg.n_binds >= SANDBOX_MAX_BINDS)
+				return usage(cmd, "at most %d --bind", SANDBOX_MAX_BINDS);
+			if (sandbox_bind_parse(optarg, &o->binds[o->cfg.n_binds], &err) < 0)
+				return usage(cmd, "%s", err.msg);
+			o->bind_copies[o->cfg.n_binds] = o->binds[o->cfg.n_binds].storage;
+			o->cfg.n_binds++;
+			break;
+		case 'C':
+			if (optarg[0] != '/')
+				return usage(cmd, "--cwd '%s' must be an absolute path", optarg);
+			o->cwd = optarg;
+			break;
+		case 'e': {
+			if (!optarg[0] || optarg[0] == '=')
+				return usage(cmd, "--env '%s': expected KEY=VALUE or KEY", optarg);
+			char *entry;
+			if (strchr(optarg, '=')) {
+				entry = xstrdup(optarg);
+			} else {
+				const char *val = getenv(optarg);
+				if (!val)
+					return usage(cmd, "--env '%s': not set in kiln's environment",
+							       optarg);
+				entry = xasprintf("%s=%s", optarg, val);
+			}
+			o->env = xrealloc(o->env, (o->n_env + 2) * sizeof(char *));
+			o->env[o->n_env++] = entry;
+			o->env[o->n_env] = NULL;
+			break;
+		}
+		case 'u':
+			if (parse_user(optarg, &o->uid, &o->gid) < 0)
+				return usage(cmd, "--user '%s': expected UID[:GID] (0-65535)",
+						       optarg);
+			break;
+		case 'H':
+			o->cfg.hostname = optarg;
+			break;
+		case 'n':
+			if (streq(optarg, "none"))
+				o->cfg.net = SANDBOX_NET_NONE;
+			else if (streq(optarg, "host"))
+				o->cfg.net = SANDBOX_NET_HOST;
+			else
+				return usage(cmd, "--net '%s': use none or host", optarg);
+			break;
+		case 'c':
+			if (sandbox_cpus_parse(optarg, &o->cfg.limits.cpu_millis) < 0)
+				return usage(cmd,
+						       "--cpus '%s': expected a number of CPUs like 1.5 "
+						       "or 500m (0.01 to 1024)",
+						       optarg);
+			break;
+		case 'm':
+			if (parse_size(optarg, &o->cfg.limits.memory_bytes) < 0 ||
+			    o->cfg.limits.memory_bytes < (4 << 20))
+				return usage(cmd, "--memory '%s': expected a size like 512Mi "
+							    "(at least 4Mi)",
+						       optarg);
+			break;
+		case 'p':
+			if (parse_int64(optarg, 2, 4194304, &v) < 0)
+				return usage(cmd, "--pids '%s': expected 2 to 4194304", optarg);
+			o->cfg.limits.pids = (uint32_t)v;
+			break;
+		case 'd':
+			if (parse_size(optarg, &o->cfg.limits.disk_bytes) < 0 ||
+			    o->cfg.limits.disk_bytes < (1 << 20))
+				return usage(cmd, "--disk '%s': expected a size like 2Gi (at "
+							    "least 1Mi)",
+						       optarg);
+			break;
+		case 't':
+			if (parse_duration_ms(optarg, &o->timeout_ms) < 0 || o->timeout_ms == 0)
+				return usage(cmd, "--timeout '%s': expected a duration like 30s "
+							    "or 10m",
+						       optarg);
+			break;
+		case 'k':
+			o->cfg.keep = true;
+			break;
+		case 's':
+			o->cfg.state_dir = optarg;
+			break;
+		case 'g':
+			o->cfg.cgroup_parent = optarg;
+			break;
+		case 'G':
+			o->cfg.cgroup_root = optarg;
+			break;
+		case 'i':
+			o->cfg.init_path = optarg;
+			break;
+		case 'o':
+			if (streq(optarg, "json"))
+				o->json = true;
+			else if (!streq(optarg, "text"))
+				return usage(cmd, "-o '%s': use text or json", optarg);
+			break;
+		default:
+			if (optopt)
+				return usage(cmd, "option '%s' needs a value or is unknown",
+						       argv[optind - 1]);
+			return usage(cmd, "unknown option '%s'", argv[optind - 1]);
+		}
+	}
+	if (optind >= argc)
+		return usage(cmd, "no command given (kiln sandbox run [OPTIONS] -- CMD)");
+	o->cfg.binds = o->binds;
+	if (o->cfg.keep && o->cfg.limits.disk_bytes)
+		return usage(cmd, "--keep puts the writable layer on disk, where --disk "
+					    "cannot limit it; use one or the other");
+	return optind;
+}
+
+static void json_u64_or_null(struct buf *b, const char *key, bool have, uint64_t v)
+{
+	if (have)
+		buf_printf(b, ",\"%s\":%" PRIu64, key, v);
+	else
+		buf_printf(b, ",\"%s\":null", key);
+}
+
+struct run_result {
+	const char *id;
+	struct sandbox_exit exit;
+	bool started, cancelled;
+	int cancel_signal;
+	uint64_t wall_ns;
+	struct sandbox_stats stats;
+	struct sandbox_info info;
+};
+
+static void print_json(const struct run_result *r)
+{
+	struct buf b = BUF_INIT;
+	const struct sandbox_exit *e = &r->exit;
+	buf_puts(&b, "{\"id\":");
+	buf_put_json_string(&b, r->id, strlen(r->id));
+	if (r->started && e->exit_code >= 0)
+		buf_printf(&b, ",\"exit_code\":%d,\"signal\":null", e->exit_code);
+	else if (r->started)
+		buf_printf(&b, ",\"exit_code\":null,\"signal\":\"SIG%s\"",
+			   sigabbrev_np(e->signal) ? sigabbrev_np(e->signal) : "?");
+	else
+		buf_puts(&b, ",\"exit_code\":null,\"signal\":null");
+	buf_printf(&b,
+		   ",\"status\":%d,\"oom_killed\":%s,\"timed_out\":%s,\"cancelled\":%s,"
+		   "\"wall_ms\":%.3f",
+		   r->started ? sandbox_exit_status(e) : EXIT_SETUP, e->oom_killed ? "true" : "false",
+		   e->timed_out ? "true" : "false", r->cancelled ? "true" : "false",
+		   (double)r->wall_ns / 1e6);
+	/* cpu: the whole sandbox from the cgroup where there is one. */
+	uint64_t cu = r->stats.have_cpu ? r->stats.cpu_user_ns : e->cpu_user_ns;
+	uint64_t cs = r->stats.have_cpu ? r->stats.cpu_system_ns : e->cpu_system_ns;
+	buf_printf(&b, ",\"cpu_user_ms\":%.3f,\"cpu_system_ms\":%.3f", (double)cu / 1e6,
+		   (double)cs / 1e6);
+	json_u64_or_null(&b, "memory_peak_bytes", r->stats.have_memory, r->stats.memory_peak_bytes);
+	json_u64_or_null(&b, "pids_peak", r->stats.have_pids, r->stats.pids_peak);
+	json_u64_or_null(&b, "io_read_bytes", r->stats.have_io, r->stats.io_read_bytes);
+	json_u64_or_null(&b, "io_write_bytes", r->stats.have_io, r->stats.io_write_bytes);
+	json_u64_or_null(&b, "oom_kills", r->stats.have_memory, r->stats.oom_kills);
+	buf_printf(&b, ",\"cgroup\":\"%s\",\"rootless\":%s,\"idmap\":%s",
+		   r->info.cgroup ? sandbox_cgroup_layout_name(r->info.layout) : "none",
+		   r->info.rootless ? "true" : "false", r->info.idmap ? "true" : "false");
+	buf_puts(&b, ",\"upper_dir\":");
+	if (r->info.upper_dir)
+		buf_put_json_string(&b, r->info.upper_dir, strlen(r->info.upper_dir));
+	else
+		buf_puts(&b, "null");
+	buf_puts(&b, ",\"warnings\":[");
+	if (r->info.warning)
+		buf_put_json_string(&b, r->info.warning, strlen(r->info.warning));
+	buf_puts(&b, "]}\n");
+	fflush(stdout);
+	(void)write_all(STDOUT_FILENO, b.data, b.len);
+	buf_release(&b);
+}
+
+/* Waits for p, the timeout and the cancelling signals; fills r. */
+static void wait_run(struct sandbox *sb, struct sandbox_process *p, const struct run_opts *o,
+		     int sfd, struct run_result *r)
+{
+	uint64_t start = now_mono_ns();
+	uint64_t deadline = o->timeout_ms ? start + o->timeout_ms * NSEC_PER_MSEC : 0;
+	for (;;) {
+		int timeout = -1;
+		if (deadline) {
+			uint64_t now = now_mono_ns();
+			timeout = now >= deadline ? 0 : (int)((deadline - now + 999999) / 1000000);
+		}
+		struct pollfd pfd[2] = {{.fd = sandbox_process_fd(p), .events = POLLIN},
+					{.fd = sfd, .events = POLLIN}};
+		int n = poll(pfd, sfd >= 0 ? 2 : 1, timeout);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n == 0 && deadline) {
+			/* Timed out: the whole sandbox goes. */
+			(void)sandbox_kill(sb);
+			(void)sandbox_process_wait(p, -1, &r->exit);
+			r->exit.timed_out = true;
+			break;
+		}
+		if (sfd >= 0 && pfd[1].revents) {
+			struct signalfd_siginfo si;
+			if (read(sfd, &si, sizeof(si)) == (ssize_t)sizeof(si)) {
+				r->cancelled = true;
+				r->cancel_signal = (int)si.ssi_signo;
+				(void)sandbox_kill(sb);
+				(void)sandbox_process_wait(p, -1, &r->exit);
+				break;
+			}
+		}
+		if (pfd[0].revents) {
+			(void)sandbox_process_wait(p, -1, &r->exit);
+			break;
+		}
+	}
+	r->wall_ns = r->exit.wall_ns && !r->exit.lost ? r->exit.wall_ns : now_mono_ns() - start;
+}
+
+static int run_main(int argc, char **argv)
+{
+	struct run_opts o = {.cfg = {.net = SANDBOX_NET_NONE}};
+	char *warning = NULL, *upper = NULL; /* copies of what sandbox_info() gave */
+	int first = parse_run(argc, argv, &o);
+	int ret;
+	if (first < 0) {
+		ret = first == -1 ? EXIT_OK : EXIT_USAGE;
+		goto out;
+	}
+	const char *cmd = "sandbox run";
+	/* Default environment entries the caller did not set. */
+	if (!env_has(o.env, o.n_env, "PATH")) {
+		o.env = xrealloc(o.env, (o.n_env + 2) * sizeof(char *));
+		o.env[o.n_env++] =
+			xstrdup("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+		o.env[o.n_env] = NULL;
+	}
+	if (!env_has(o.env, o.n_env, "HOME")) {
+		o.env = xrealloc(o.env, (o.n_env + 2) * sizeof(char *));
+		o.env[o.n_env++] = xstrdup(o.uid == 0 ? "HOME=/root" : "HOME=/");
+		o.env[o.n_env] = NULL;
+	}
+
+	/* Block the cancelling signals before anything runs, then watch them. */
+	sigset_t mask, oldmask;
+	sigemptyset(&mask);
+	sigaddset(&mask, SIGINT);
+	sigaddset(&mask, SIGTERM);
+	sigaddset(&mask, SIGHUP);
+	pthread_sigmask(SIG_BLOCK, &mask, &oldmask);
+	int sfd = signalfd(-1, &mask, SFD_CLOEXEC);
+
+	struct kiln_err err = {0};
+	struct sandbox *sb = NULL;
+	if (sandbox_create(&o.cfg, &sb, &err) < 0) {
+		cli_fail(cmd, "%s", err.msg);
+		ret = EXIT_SETUP;
+		goto out_sig;
+	}
+	struct run_result r = {.exit = {.exit_code = -1}};
+	sandbox_info(sb, &r.info);
+	char id[17];
+	snprintf(id, sizeof(id), "%s", r.info.id);
+	r.id = id;
+
+	struct sandbox_exec ex = {.argv = argv + first, .envp = o.env, .cwd = o.cwd,
+				  .stdin_fd = STDIN_FILENO, .stdout_fd = STDOUT_FILENO,
+				  .stderr_fd = STDERR_FILENO, .uid = o.uid, .gid = o.gid};
+	struct sandbox_process *p = NULL;
+	int er = sandbox_exec(sb, &ex, &p, &err);
+	if (er >= 0) {
+		r.started = true;
+		wait_run(sb, p, &o, sfd, &r);
+		sandbox_process_free(p);
+	}
+	/* sandbox_destroy() frees what info points to. */
+	warning = r.info.warning ? xstrdup(r.info.warning) : NULL;
+	upper = r.info.upper_dir ? xstrdup(r.info.upper_dir) : NULL;
+	int dr = sandbox_destroy(sb, &r.stats);
+	r.info.warning = warning;
+	r.info.upper_dir = upper;
+	if (dr < 0)
+		log_warn("sandbox teardown incomplete (the next run cleans up) id=%s error=\"%s\"", id,
+			 strerror(-dr));
+
+	if (er < 0) {
+		cli_fail(cmd, "%s", err.msg);
+		ret = er == -ENOENT ? EXIT_NOTFOUND : er == -EACCES || er == -ENOEXEC ? EXIT_NOEXEC
+										 : EXIT_SETUP;
+		if (o.json)
+			print_json(&r);
+		goto out_sig;
+	}
+	if (o.json)
+		print_json(&r);
+	if (r.exit.timed_out) {
+		char d[32];
+		format_duration_ms(o.timeout_ms, d);
+		if (!o.json)
+			cli_fail(cmd, "timed out after %s; the sandbox was killed", d);
+		ret = EXIT_TIMEOUT;
+	} else if (r.cancelled) {
+		if (!o.json)
+			cli_fail(cmd, "interrupted by SIG%s; the sandbox was killed",
+				 sigabbrev_np(r.cancel_signal));
+		ret = 128 + r.cancel_signal;
+	} else {
+		if (r.exit.oom_killed && !o.json)
+			cli_fail(cmd, "killed: out of memory (the sandbox's memory limit)");
+		ret = sandbox_exit_status(&r.exit);
+	}
+out_sig:
+	if (sfd >= 0)
+		close(sfd);
+	pthread_sigmask(SIG_SETMASK, &oldmask, NULL);
+out:
+	free(warning);
+	free(upper);
+	for (size_t i = 0; i < o.cfg.n_binds; i++)
+		free(o.bind_copies[i]);
+	for (size_t i = 0; i < o.n_env; i++)
+		free(o.env[i]);
+	free(o.env);
+	return ret;
+}
+
+/* ---- probe, cleanup --------------------------------------------------------- */
+
+static const char *provider(int p)
+{
+	return p == 2 ? "v2" : p == 1 ? "v1" : "none";
+}
+
+static int probe_main(int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{"output", required_argument, NULL, 'o'}, {"state-dir", required_argument, NULL, 's'},
+		{"rootfs", required_argument, NULL, 'r'}, {"init", required_argument, NULL, 'i'},
+		{"help", no_argument, NULL, 'h'},         {0},
+	};
+	struct sandbox_config cfg = {0};
+	bool json = false;
+	int c;
+	opterr = 0;
+	while ((c = getopt_long(argc, argv, "o:h", opts, NULL)) != -1) {
+		switch (c) {
+		case 'h':
+			fputs(cmd_sandbox_help, stdout);
+			return EXIT_OK;
+		case 'o':
+			if (!streq(optarg, "json") && !streq(optarg, "text"))
+				return cli_usage_error("sandbox probe", "-o '%s': use text or json", optarg);
+			json = streq(optarg, "json");
+			break;
+		case 's':
+			cfg.state_dir = optarg;
+			break;
+		case 'r':
+			cfg.rootfs = optarg;
+			break;
+		case 'i':
+			cfg.init_path = optarg;
+			break;
+		default:
+			return cli_usage_error("sandbox probe", "unknown option '%s'", argv[optind - 1]);
+		}
+	}
+	if (optind < argc)
+		return cli_usage_error("sandbox probe", "unexpected argument '%s'", argv[optind]);
+	struct sandbox_probe p;
+	sandbox_probe(&cfg, &p);
+	if (json) {
+		struct buf b = BUF_INIT;
+		buf_printf(&b,
+			   "{\"cgroup\":\"%s\",\"cpu\":\"%s\",\"memory\":\"%s\",\"pids\":\"%s\","
+			   "\"io\":\"%s\",\"cgroup_writable\":%s,\"rootless\":%s,\"userns\":%s,"
+			   "\"overlay\":%s,\"idmap\":%s,\"error\":",
+			   sandbox_cgroup_layout_name(p.layout), provider(p.cpu), provider(p.memory),
+			   provider(p.pids), provider(p.io), p.cgroup_writable ? "true" : "false",
+			   p.rootless ? "true" : "false", p.userns ? "true" : "false",
+			   p.overlay ? "true" : "false", p.idmap ? "true" : "false");
+		if (p.error[0])
+			buf_put_json_string(&b, p.error, strlen(p.error));
+		else
+			buf_puts(&b, "null");
+		buf_puts(&b, "}\n");
+		fputs(b.data, stdout);
+		buf_release(&b);
+	} else {
+		printf("cgroup layout    %s (cpu %s, memory %s, pids %s, io %s)\n",
+		       sandbox_cgroup_layout_name(p.layout), provider(p.cpu), provider(p.memory),
+		       provider(p.pids), provider(p.io));
+		printf("cgroup writable  %s\n", p.cgroup_writable ? "yes" : "no");
+		printf("rootless         %s\n", p.rootless ? "yes" : "no");
+		printf("sandbox works    %s%s%s\n", p.userns ? "yes" : "no", p.error[0] ? ": " : "",
+		       p.error);
+		printf("overlay root     %s\n", p.overlay ? "yes" : "no");
+		printf("idmapped mounts  %s\n", p.idmap ? "yes" : "no");
+	}
+	return p.userns ? EXIT_OK : EXIT_FAIL;
+}
+
+static int cleanup_main(int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{"state-dir", required_argument, NULL, 's'},
+		{"help", no_argument, NULL, 'h'},
+		{0},
+	};
+	const char *dir = NULL;
+	int c;
+	opterr = 0;
+	while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+		if (c == 'h') {
+			fputs(cmd_sandbox_help, stdout);
+			return EXIT_OK;
+		}
+		if (c != 's')
+			return cli_usage_error("sandbox cleanup", "unknown option '%s'",
+					       argv[optind - 1]);
+		dir = optarg;
+	}
+	if (optind < argc)
+		return cli_usage_error("sandbox cleanup", "unexpected argument '%s'", argv[optind]);
+	int n = sandbox_cleanup_leftovers(dir, NULL);
+	if (n < 0)
+		return cli_fail("sandbox cleanup", "%s", strerror(-n));
+	printf("removed %d leftover sandbox%s\n", n, n == 1 ? "" : "es");
+	return EXIT_OK;
+}
+
+int cmd_sandbox(int argc, char **argv)
+{
+	if (argc < 2)
+		return cli_usage_error("sandbox", "expected a subcommand: run, probe or cleanup");
+	if (cli_is_help(argv[1])) {
+		fputs(cmd_sandbox_help, stdout);
+		return EXIT_OK;
+	}
+	if (streq(argv[1], "run"))
+		return run_main(argc - 1, argv + 1);
+	if (streq(argv[1], "probe"))
+		return probe_main(argc - 1, argv + 1);
+	if (streq(argv[1], "cleanup"))
+		return cleanup_main(argc - 1, argv + 1);
+	return cli_usage_error("sandbox", "unknown subcommand '%s' (use run, probe or cleanup)",
+			       argv[1]);
+}
