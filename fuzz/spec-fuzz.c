@@ -50,7 +50,7 @@ static void check_roundtrip(const struct spec_job *job)
 		struct buf b = BUF_INIT;
 		spec_diags_format(&d, &b);
 		fprintf(stderr, "normalised JSON does not load back:\n%s%s\n", b.data ? b.data : "",
-			text);
+		        text);
 		abort();
 	}
 	json_t *j3 = spec_job_to_json(again[0]);

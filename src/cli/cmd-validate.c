@@ -13,20 +13,20 @@
 #include <getopt.h>
 
 const char cmd_validate_help[] =
-	"usage: kiln validate [-o text|json] [-q] FILE...\n"
-	"\n"
-	"Checks job specs (YAML or JSON; '-' reads stdin) and reports every error as\n"
-	"FILE:LINE:COL: FIELD: MESSAGE on stderr.\n"
-	"\n"
-	"options:\n"
-	"  -o, --output FORMAT  text (default): 'FILE: ok (N jobs)' per valid file;\n"
-	"                       json: one JSON array of the normalised jobs of all files,\n"
-	"                       one element per matrix combination\n"
-	"  -q, --quiet          print nothing on stdout; only errors and the exit code\n"
-	"  -h, --help           show this help\n"
-	"\n"
-	"exit codes: 0 every file is valid, 1 a file is invalid or unreadable, 2 usage error.\n"
-	"The spec reference is docs/job-spec.md.\n";
+    "usage: kiln validate [-o text|json] [-q] FILE...\n"
+    "\n"
+    "Checks job specs (YAML or JSON; '-' reads stdin) and reports every error as\n"
+    "FILE:LINE:COL: FIELD: MESSAGE on stderr.\n"
+    "\n"
+    "options:\n"
+    "  -o, --output FORMAT  text (default): 'FILE: ok (N jobs)' per valid file;\n"
+    "                       json: one JSON array of the normalised jobs of all files,\n"
+    "                       one element per matrix combination\n"
+    "  -q, --quiet          print nothing on stdout; only errors and the exit code\n"
+    "  -h, --help           show this help\n"
+    "\n"
+    "exit codes: 0 every file is valid, 1 a file is invalid or unreadable, 2 usage error.\n"
+    "The spec reference is docs/job-spec.md.\n";
 
 enum output { OUT_TEXT, OUT_JSON };
 
@@ -40,8 +40,8 @@ static bool validate_one(const char *path, enum output out, bool quiet, json_t *
 	int r = read_file(path, SPEC_MAX_BYTES, &data);
 	if (r == -EFBIG) {
 		spec_diags_add(&d, 0, 0, "",
-			       "the file is larger than 1 MiB; a spec may hold at most %d bytes",
-			       SPEC_MAX_BYTES);
+		               "the file is larger than 1 MiB; a spec may hold at most %d bytes",
+		               SPEC_MAX_BYTES);
 	} else if (r < 0) {
 		spec_diags_release(&d);
 		cli_fail("validate", "cannot read '%s': %s", path, strerror(-r));
@@ -75,10 +75,10 @@ static bool validate_one(const char *path, enum output out, bool quiet, json_t *
 int cmd_validate(int argc, char **argv)
 {
 	static const struct option opts[] = {
-		{"output", required_argument, NULL, 'o'},
-		{"quiet", no_argument, NULL, 'q'},
-		{"help", no_argument, NULL, 'h'},
-		{0},
+	    {"output", required_argument, NULL, 'o'},
+	    {"quiet", no_argument, NULL, 'q'},
+	    {"help", no_argument, NULL, 'h'},
+	    {0},
 	};
 	enum output out = OUT_TEXT;
 	bool quiet = false;
@@ -92,15 +92,16 @@ int cmd_validate(int argc, char **argv)
 			else if (streq(optarg, "json"))
 				out = OUT_JSON;
 			else
-				return cli_usage_error("validate",
-						       "unknown output format '%s' (use text or json)",
-						       optarg);
+				return cli_usage_error(
+				    "validate", "unknown output format '%s' (use text or json)",
+				    optarg);
 			break;
 		case 'q': quiet = true; break;
 		case 'h': fputs(cmd_validate_help, stdout); return EXIT_OK;
 		default:
 			if (optopt == 'o')
-				return cli_usage_error("validate", "-o needs a format (text or json)");
+				return cli_usage_error("validate",
+				                       "-o needs a format (text or json)");
 			if (optopt)
 				return cli_usage_error("validate", "unknown option '-%c'", optopt);
 			return cli_usage_error("validate", "unknown option '%s'", argv[optind - 1]);

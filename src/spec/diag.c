@@ -33,8 +33,7 @@ static void diags_push(struct spec_diags *d, int line, int col, const char *path
 	d->v[d->n++] = (struct spec_diag){line, col, xstrdup(path ? path : ""), msg};
 }
 
-void spec_diags_add(struct spec_diags *d, int line, int col, const char *path, const char *fmt,
-		    ...)
+void spec_diags_add(struct spec_diags *d, int line, int col, const char *path, const char *fmt, ...)
 {
 	if (d->n > SPEC_MAX_DIAGS)
 		return;
@@ -46,7 +45,8 @@ void spec_diags_add(struct spec_diags *d, int line, int col, const char *path, c
 		path = "";
 	for (size_t i = 0; i < d->n; i++) {
 		const struct spec_diag *o = &d->v[i];
-		if (o->line == line && o->col == col && streq(o->path, path) && streq(o->msg, msg)) {
+		if (o->line == line && o->col == col && streq(o->path, path) &&
+		    streq(o->msg, msg)) {
 			free(msg);
 			return;
 		}
@@ -69,7 +69,7 @@ void diags_sort(struct spec_diags *d, size_t from)
 		struct spec_diag g = d->v[i];
 		size_t j = i;
 		while (j > from && (d->v[j - 1].line > g.line ||
-				    (d->v[j - 1].line == g.line && d->v[j - 1].col > g.col))) {
+		                    (d->v[j - 1].line == g.line && d->v[j - 1].col > g.col))) {
 			d->v[j] = d->v[j - 1];
 			j--;
 		}
@@ -99,7 +99,7 @@ json_t *spec_diags_to_json(const struct spec_diags *d)
 	for (size_t i = 0; i < d->n; i++) {
 		const struct spec_diag *g = &d->v[i];
 		json_array_append_new(a, json_pack("{s:i, s:i, s:s, s:s}", "line", g->line, "col",
-						   g->col, "path", g->path, "message", g->msg));
+		                                   g->col, "path", g->path, "message", g->msg));
 	}
 	return a;
 }

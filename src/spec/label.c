@@ -16,8 +16,14 @@ static bool is_alnum(char c)
 	return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9');
 }
 
-static bool key_char(char c) { return is_alnum(c) || c == '-' || c == '_' || c == '.' || c == '/' || c == '+'; }
-static bool value_char(char c) { return key_char(c) || c == ':' || c == '@'; }
+static bool key_char(char c)
+{
+	return is_alnum(c) || c == '-' || c == '_' || c == '.' || c == '/' || c == '+';
+}
+static bool value_char(char c)
+{
+	return key_char(c) || c == ':' || c == '@';
+}
 
 /* Writes why `s` is not a label into why (a phrase) and returns false. */
 static bool label_check(const char *s, char *why, size_t whylen)
@@ -42,7 +48,7 @@ static bool label_check(const char *s, char *why, size_t whylen)
 			in_value = true;
 			if (i + 1 == len) {
 				snprintf(why, whylen,
-					 "the value after ':' is empty (e.g. gpu-count:2)");
+				         "the value after ':' is empty (e.g. gpu-count:2)");
 				return false;
 			}
 			continue;
@@ -52,16 +58,19 @@ static bool label_check(const char *s, char *why, size_t whylen)
 		if ((unsigned char)c < 0x20 || c == 0x7f)
 			snprintf(why, whylen, "control characters and line breaks are not allowed");
 		else if ((unsigned char)c >= 0x80)
-			snprintf(why, whylen, "only ASCII letters, digits and - _ . / + are allowed");
+			snprintf(why, whylen,
+			         "only ASCII letters, digits and - _ . / + are allowed");
 		else if (c == ' ' || c == '\t')
-			snprintf(why, whylen, "spaces are not allowed (a list of labels is written "
-					      "[a, b])");
+			snprintf(why, whylen,
+			         "spaces are not allowed (a list of labels is written "
+			         "[a, b])");
 		else if (c == '@')
 			snprintf(why, whylen, "'@' is allowed only in the value of key:value");
 		else
-			snprintf(why, whylen, "'%c' is not allowed (use letters, digits and - _ . / +; "
-					      "key:value labels put ':' after the key)",
-				 c);
+			snprintf(why, whylen,
+			         "'%c' is not allowed (use letters, digits and - _ . / +; "
+			         "key:value labels put ':' after the key)",
+			         c);
 		return false;
 	}
 	return true;

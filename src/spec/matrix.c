@@ -13,12 +13,12 @@
 
 #include <inttypes.h>
 
-#define MAX_AXES 32
+#define MAX_AXES        32
 #define MAX_AXIS_VALUES 256
-#define MAX_ENTRIES 256 /* include / exclude entries */
-#define MAX_ENTRY_KEYS 64
-#define MAX_VALUE_LEN 1024
-#define PRODUCT_MAX (SPEC_MAX_MATRIX * 16) /* combinations considered before exclude */
+#define MAX_ENTRIES     256 /* include / exclude entries */
+#define MAX_ENTRY_KEYS  64
+#define MAX_VALUE_LEN   1024
+#define PRODUCT_MAX     (SPEC_MAX_MATRIX * 16) /* combinations considered before exclude */
 
 struct mctx {
 	struct spec_diags *d;
@@ -81,7 +81,8 @@ static bool check_key(struct mctx *c, const struct node *k)
 	}
 	if (!matrix_key_ok(k->text)) {
 		_cleanup_free_ char *qk = quoted(k->text);
-		merr(c, k, "%s is not a matrix key (letters, digits, _ and -, starting with a letter)",
+		merr(c, k,
+		     "%s is not a matrix key (letters, digits, _ and -, starting with a letter)",
 		     qk);
 		return false;
 	}
@@ -156,8 +157,7 @@ static void collect_names(const struct node *node, struct matrix *m)
 	}
 }
 
-static void parse_axis(struct mctx *c, const struct node *k, const struct node *v,
-		       struct matrix *m)
+static void parse_axis(struct mctx *c, const struct node *k, const struct node *v, struct matrix *m)
 {
 	if (!check_key(c, k))
 		return;
@@ -178,7 +178,7 @@ static void parse_axis(struct mctx *c, const struct node *k, const struct node *
 		/* Axes come before include keys in m->keys: insert at n_axes. */
 		m->keys = xrealloc(m->keys, (m->n_keys + 1) * sizeof(*m->keys));
 		memmove(m->keys + m->n_axes + 1, m->keys + m->n_axes,
-			(m->n_keys - m->n_axes) * sizeof(*m->keys));
+		        (m->n_keys - m->n_axes) * sizeof(*m->keys));
 		m->keys[m->n_axes] = xstrdup(k->text);
 		m->n_keys++;
 		m->axis_values = xrealloc(m->axis_values, (m->n_axes + 1) * sizeof(char **));
@@ -265,7 +265,7 @@ struct xentry {
 };
 
 static void parse_exclude(struct mctx *c, const struct node *n, const struct matrix *m,
-			  struct xentry *x)
+                          struct xentry *x)
 {
 	struct mentry e = {0};
 	if (parse_entry(c, n, &e)) {
@@ -275,12 +275,12 @@ static void parse_exclude(struct mctx *c, const struct node *n, const struct mat
 			const struct node *vn = map_get(n, e.keys[i]);
 			if (a < 0) {
 				_cleanup_free_ char *qk = quoted(e.keys[i]);
-				const char *best =
-					closest_word(e.keys[i], (const char *const *)m->keys,
-						     m->n_axes);
+				const char *best = closest_word(
+				    e.keys[i], (const char *const *)m->keys, m->n_axes);
 				if (best)
-					merr(c, vn, "%s is not an axis of the matrix (did you mean "
-						    "\"%s\"?)",
+					merr(c, vn,
+					     "%s is not an axis of the matrix (did you mean "
+					     "\"%s\"?)",
 					     qk, best);
 				else
 					merr(c, vn, "%s is not an axis of the matrix", qk);
@@ -291,8 +291,9 @@ static void parse_exclude(struct mctx *c, const struct node *n, const struct mat
 					j++;
 				if (j == m->n_axis_values[a]) {
 					_cleanup_free_ char *qv = quoted(e.values[i]);
-					merr(c, vn, "%s is not a value of matrix.%s, so this exclude "
-						    "matches nothing",
+					merr(c, vn,
+					     "%s is not a value of matrix.%s, so this exclude "
+					     "matches nothing",
 					     qv, e.keys[i]);
 				}
 				x->axis[x->n] = a;
@@ -305,7 +306,7 @@ static void parse_exclude(struct mctx *c, const struct node *n, const struct mat
 }
 
 static void parse_entries(struct mctx *c, const struct node *k, const struct node *v,
-			  struct matrix *m, struct xentry **ret_x, size_t *ret_nx)
+                          struct matrix *m, struct xentry **ret_x, size_t *ret_nx)
 {
 	bool include = streq(k->text, "include");
 	size_t old = mpush(c, ".%s", k->text);
@@ -404,8 +405,8 @@ static void product_text(const struct matrix *m, struct buf *b)
 		buf_printf(b, "%s%zu", i ? " x " : "", m->n_axis_values[i]);
 }
 
-static int expand(struct mctx *c, const struct node *node, struct matrix *m,
-		  const struct xentry *x, size_t nx)
+static int expand(struct mctx *c, const struct node *node, struct matrix *m, const struct xentry *x,
+                  size_t nx)
 {
 	/* The product, with overflow checks, before anything is built. */
 	uint64_t product = m->n_axes ? 1 : 0;
@@ -418,12 +419,14 @@ static int expand(struct mctx *c, const struct node *node, struct matrix *m,
 		struct buf b = BUF_INIT;
 		product_text(m, &b);
 		if (over)
-			merr(c, node, "the axes make 2^64 or more combinations (%s); the limit is "
-				      "%d jobs",
+			merr(c, node,
+			     "the axes make 2^64 or more combinations (%s); the limit is "
+			     "%d jobs",
 			     b.data, SPEC_MAX_MATRIX);
 		else
-			merr(c, node, "the axes make %" PRIu64 " combinations (%s); the limit is %d "
-				      "jobs",
+			merr(c, node,
+			     "the axes make %" PRIu64 " combinations (%s); the limit is %d "
+			     "jobs",
 			     product, b.data, SPEC_MAX_MATRIX);
 		buf_release(&b);
 		return -EINVAL;
@@ -450,11 +453,12 @@ static int expand(struct mctx *c, const struct node *node, struct matrix *m,
 		struct buf b = BUF_INIT;
 		product_text(m, &b);
 		if (survivors == product)
-			merr(c, node, "expands to %" PRIu64 " jobs (%s); the limit is %d", survivors,
-			     b.data, SPEC_MAX_MATRIX);
+			merr(c, node, "expands to %" PRIu64 " jobs (%s); the limit is %d",
+			     survivors, b.data, SPEC_MAX_MATRIX);
 		else
-			merr(c, node, "expands to %" PRIu64 " jobs (%s = %" PRIu64 ", minus %" PRIu64
-				      " excluded); the limit is %d",
+			merr(c, node,
+			     "expands to %" PRIu64 " jobs (%s = %" PRIu64 ", minus %" PRIu64
+			     " excluded); the limit is %d",
 			     survivors, b.data, product, product - survivors, SPEC_MAX_MATRIX);
 		buf_release(&b);
 		return -EINVAL;
@@ -463,8 +467,9 @@ static int expand(struct mctx *c, const struct node *node, struct matrix *m,
 	for (size_t i = 0; i < m->n_include; i++)
 		apply_include(m, &m->include[i], n_orig);
 	if (m->n_combos > SPEC_MAX_MATRIX) {
-		merr(c, node, "expands to %zu jobs (%zu from the axes, %zu added by include); the "
-			      "limit is %d",
+		merr(c, node,
+		     "expands to %zu jobs (%zu from the axes, %zu added by include); the "
+		     "limit is %d",
 		     m->n_combos, n_orig, m->n_combos - n_orig, SPEC_MAX_MATRIX);
 		return -EINVAL;
 	}

@@ -67,8 +67,8 @@ static bool all_digits(const char *s)
 /* [-+]?( \.[0-9]+ | [0-9]+(\.[0-9]*)? )([eE][-+]?[0-9]+)? and .inf/.nan */
 static bool is_float(const char *s)
 {
-	static const char *const special[] = {".inf", ".Inf", ".INF", "-.inf", "-.Inf", "-.INF",
-					      "+.inf", "+.Inf", "+.INF", ".nan", ".NaN", ".NAN"};
+	static const char *const special[] = {".inf",  ".Inf",  ".INF",  "-.inf", "-.Inf", "-.INF",
+	                                      "+.inf", "+.Inf", "+.INF", ".nan",  ".NaN",  ".NAN"};
 	for (size_t i = 0; i < ARRAY_SIZE(special); i++)
 		if (streq(s, special[i]))
 			return true;
@@ -160,7 +160,7 @@ static uint32_t utf8_next(const unsigned char **p)
  * Reports and returns false when the text has one.
  */
 static bool check_text(const char *s, size_t len, int line, int col, const char *what,
-		       struct spec_diags *d)
+                       struct spec_diags *d)
 {
 	if (strlen(s) != len) {
 		spec_diags_add(d, line, col, "", "%s contains a NUL character", what);
@@ -175,10 +175,11 @@ static bool check_text(const char *s, size_t len, int line, int col, const char 
 		uint32_t cp = utf8_next(&p);
 		if (cp == 0x7f || (cp >= 0x80 && cp <= 0x9f) || cp == 0x2028 || cp == 0x2029 ||
 		    cp == 0xfeff || cp == 0xfffe || cp == 0xffff) {
-			spec_diags_add(d, line, col, "",
-				       "%s contains the character U+%04X, which a spec cannot carry; "
-				       "remove it",
-				       what, (unsigned)cp);
+			spec_diags_add(
+			    d, line, col, "",
+			    "%s contains the character U+%04X, which a spec cannot carry; "
+			    "remove it",
+			    what, (unsigned)cp);
 			return false;
 		}
 	}
@@ -212,8 +213,14 @@ struct builder {
 	bool alias_reported; /* one message per document is enough */
 };
 
-static int mark_line(const yaml_mark_t *m) { return (int)MIN(m->line, (size_t)INT32_MAX - 1) + 1; }
-static int mark_col(const yaml_mark_t *m) { return (int)MIN(m->column, (size_t)INT32_MAX - 1) + 1; }
+static int mark_line(const yaml_mark_t *m)
+{
+	return (int)MIN(m->line, (size_t)INT32_MAX - 1) + 1;
+}
+static int mark_col(const yaml_mark_t *m)
+{
+	return (int)MIN(m->column, (size_t)INT32_MAX - 1) + 1;
+}
 
 static int cmp_key(const void *a, const void *b)
 {
@@ -245,8 +252,8 @@ static void check_duplicates(struct node *map, struct spec_diags *d)
 		while (first > 0 && streq(keys[first - 1]->text, keys[i]->text))
 			first--;
 		spec_diags_add(d, keys[i]->line, keys[i]->col, "",
-			       "duplicate key %s (first at line %d); remove one of them", b.data,
-			       keys[first]->line);
+		               "duplicate key %s (first at line %d); remove one of them", b.data,
+		               keys[first]->line);
 		buf_release(&b);
 		keys[i]->bad = true; /* map_get and the validators skip it */
 	}
@@ -258,8 +265,8 @@ static int attach(struct builder *b, struct node *n)
 {
 	if (++b->n_nodes > SPEC_MAX_NODES) {
 		spec_diags_add(b->d, n->line, n->col, "",
-			       "the document holds more than %d values; a job spec is far smaller",
-			       SPEC_MAX_NODES);
+		               "the document holds more than %d values; a job spec is far smaller",
+		               SPEC_MAX_NODES);
 		node_free(n);
 		return -EINVAL;
 	}
@@ -269,8 +276,8 @@ static int attach(struct builder *b, struct node *n)
 	}
 	struct node *parent = b->stack[b->depth - 1];
 	if (parent->type == NODE_MAP && parent->n % 2 == 0 && n->type != NODE_SCALAR) {
-		spec_diags_add(b->d, n->line, n->col, "",
-			       "a key must be a string, not %s", node_type_name(n));
+		spec_diags_add(b->d, n->line, n->col, "", "a key must be a string, not %s",
+		               node_type_name(n));
 		n->bad = true;
 	}
 	node_add(parent, n);
@@ -278,20 +285,20 @@ static int attach(struct builder *b, struct node *n)
 }
 
 static bool tag_ok(struct builder *b, const yaml_char_t *tag, const char *allowed,
-		   const yaml_mark_t *m)
+                   const yaml_mark_t *m)
 {
 	if (!tag || streq((const char *)tag, "!") || streq((const char *)tag, allowed))
 		return true;
 	/* Show tags as written: "tag:yaml.org,2002:binary" was "!!binary". */
 	const char *t = (const char *)tag;
 	_cleanup_free_ char *shown = startswith(t, "tag:yaml.org,2002:")
-					     ? xasprintf("!!%s", t + strlen("tag:yaml.org,2002:"))
-					     : xstrdup(t);
+	                                 ? xasprintf("!!%s", t + strlen("tag:yaml.org,2002:"))
+	                                 : xstrdup(t);
 	struct buf q = BUF_INIT;
 	quote_value(&q, shown);
 	spec_diags_add(b->d, mark_line(m), mark_col(m), "",
-		       "YAML tag %s is not supported; remove it (write the value as plain text)",
-		       q.data);
+	               "YAML tag %s is not supported; remove it (write the value as plain text)",
+	               q.data);
 	buf_release(&q);
 	return false;
 }
@@ -307,7 +314,7 @@ static int on_scalar(struct builder *b, yaml_event_t *e)
 	if (!tag_ok(b, e->data.scalar.tag, "tag:yaml.org,2002:str", m))
 		n->bad = true;
 	if (!check_text((const char *)e->data.scalar.value, e->data.scalar.length, n->line, n->col,
-			"the value", b->d))
+	                "the value", b->d))
 		n->bad = true;
 	return attach(b, n);
 }
@@ -317,15 +324,15 @@ static int on_start(struct builder *b, yaml_event_t *e, enum node_type type)
 	const yaml_mark_t *m = &e->start_mark;
 	if (b->depth >= SPEC_MAX_DEPTH) {
 		spec_diags_add(b->d, mark_line(m), mark_col(m), "",
-			       "nesting deeper than %d levels; a job spec needs a handful",
-			       SPEC_MAX_DEPTH);
+		               "nesting deeper than %d levels; a job spec needs a handful",
+		               SPEC_MAX_DEPTH);
 		return -EINVAL;
 	}
 	struct node *n = node_new(type, mark_line(m), mark_col(m));
-	const yaml_char_t *tag = type == NODE_MAP ? e->data.mapping_start.tag
-						  : e->data.sequence_start.tag;
+	const yaml_char_t *tag =
+	    type == NODE_MAP ? e->data.mapping_start.tag : e->data.sequence_start.tag;
 	if (!tag_ok(b, tag, type == NODE_MAP ? "tag:yaml.org,2002:map" : "tag:yaml.org,2002:seq",
-		    m))
+	            m))
 		n->bad = true;
 	int r = attach(b, n);
 	if (r < 0)
@@ -344,9 +351,9 @@ static int on_alias(struct builder *b, yaml_event_t *e)
 		struct buf v = BUF_INIT;
 		quote_value(&v, q.data);
 		spec_diags_add(b->d, mark_line(m), mark_col(m), "",
-			       "YAML aliases are not supported (found %s); write the value out in "
-			       "full",
-			       v.data);
+		               "YAML aliases are not supported (found %s); write the value out in "
+		               "full",
+		               v.data);
 		buf_release(&q);
 		buf_release(&v);
 		b->alias_reported = true;
@@ -358,8 +365,7 @@ static int on_alias(struct builder *b, yaml_event_t *e)
 	return attach(b, n);
 }
 
-static void report_yaml_error(yaml_parser_t *p, const char *data, size_t len,
-			      struct spec_diags *d)
+static void report_yaml_error(yaml_parser_t *p, const char *data, size_t len, struct spec_diags *d)
 {
 	int line, col;
 	struct buf msg = BUF_INIT;
@@ -373,7 +379,7 @@ static void report_yaml_error(yaml_parser_t *p, const char *data, size_t len,
 		col = mark_col(&p->problem_mark);
 		if (p->context)
 			buf_printf(&msg, " (%s at line %d, column %d)", p->context,
-				   mark_line(&p->context_mark), mark_col(&p->context_mark));
+			           mark_line(&p->context_mark), mark_col(&p->context_mark));
 	}
 	if (p->error == YAML_MEMORY_ERROR)
 		line = col = 0;
@@ -390,15 +396,15 @@ static int check_encoding(const char *data, size_t len, struct spec_diags *d)
 	if (nul && (size_t)(nul - data) <= ok) {
 		offset_to_mark(data, len, (size_t)(nul - data), &line, &col);
 		spec_diags_add(d, line, col, "",
-			       "the file contains a NUL byte; a job spec is UTF-8 text (is this a "
-			       "binary file?)");
+		               "the file contains a NUL byte; a job spec is UTF-8 text (is this a "
+		               "binary file?)");
 		return -EINVAL;
 	}
 	if (ok < len) {
 		offset_to_mark(data, len, ok, &line, &col);
 		spec_diags_add(d, line, col, "",
-			       "invalid UTF-8 (byte 0x%02X); a job spec must be UTF-8 text",
-			       (unsigned char)data[ok]);
+		               "invalid UTF-8 (byte 0x%02X); a job spec must be UTF-8 text",
+		               (unsigned char)data[ok]);
 		return -EINVAL;
 	}
 	return 0;
@@ -417,10 +423,10 @@ static int parse_events(yaml_parser_t *p, struct builder *b, const char *data, s
 		switch (type) {
 		case YAML_DOCUMENT_START_EVENT:
 			if (++b->docs > 1) {
-				spec_diags_add(b->d, mark_line(&e.start_mark), mark_col(&e.start_mark),
-					       "",
-					       "a second YAML document ('---'); a spec file holds one "
-					       "job, put each job in its own file");
+				spec_diags_add(
+				    b->d, mark_line(&e.start_mark), mark_col(&e.start_mark), "",
+				    "a second YAML document ('---'); a spec file holds one "
+				    "job, put each job in its own file");
 				r = -EINVAL;
 			}
 			break;
@@ -449,8 +455,10 @@ static int parse_events(yaml_parser_t *p, struct builder *b, const char *data, s
 int spec_parse_yaml(const char *data, size_t len, struct spec_diags *d, struct node **ret)
 {
 	if (len > SPEC_MAX_BYTES) {
-		spec_diags_add(d, 0, 0, "", "the file is larger than 1 MiB (%zu bytes); a spec may "
-				       "hold at most %d bytes", len, SPEC_MAX_BYTES);
+		spec_diags_add(d, 0, 0, "",
+		               "the file is larger than 1 MiB (%zu bytes); a spec may "
+		               "hold at most %d bytes",
+		               len, SPEC_MAX_BYTES);
 		return -EFBIG;
 	}
 	int r = check_encoding(data, len, d);
@@ -470,8 +478,9 @@ int spec_parse_yaml(const char *data, size_t len, struct spec_diags *d, struct n
 		return r;
 	}
 	if (!b.root) {
-		spec_diags_add(d, 0, 0, "", "the file is empty; a job spec needs at least name and "
-				       "steps (see docs/job-spec.md)");
+		spec_diags_add(d, 0, 0, "",
+		               "the file is empty; a job spec needs at least name and "
+		               "steps (see docs/job-spec.md)");
 		return -ENODATA;
 	}
 	*ret = b.root;
@@ -488,7 +497,7 @@ static struct node *from_json(const json_t *v, size_t depth, size_t *count, stru
 	}
 	if (++*count > SPEC_MAX_NODES) {
 		spec_diags_add(d, 0, 0, "", "the document holds more than %d values",
-			       SPEC_MAX_NODES);
+		               SPEC_MAX_NODES);
 		return NULL;
 	}
 	struct node *n;
@@ -499,7 +508,8 @@ static struct node *from_json(const json_t *v, size_t depth, size_t *count, stru
 		json_t *val;
 		/* jansson's iteration API takes a non-const object; it does not modify it. */
 		json_t *obj = (json_t *)(uintptr_t)v;
-		json_object_foreach(obj, key, val) {
+		json_object_foreach(obj, key, val)
+		{
 			struct node *k = node_new(NODE_SCALAR, 0, 0);
 			k->text = xstrdup(key);
 			k->len = strlen(key);
@@ -519,7 +529,8 @@ static struct node *from_json(const json_t *v, size_t depth, size_t *count, stru
 		n = node_new(NODE_SEQ, 0, 0);
 		size_t i;
 		json_t *val;
-		json_array_foreach(v, i, val) {
+		json_array_foreach(v, i, val)
+		{
 			struct node *kid = from_json(val, depth + 1, count, d);
 			if (!kid) {
 				node_free(n);

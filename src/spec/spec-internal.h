@@ -78,8 +78,8 @@ struct mentry {
 struct matrix {
 	char **keys; /* every key a combination may hold: the axes, then include's */
 	size_t n_keys;
-	size_t n_axes;        /* keys[0..n_axes) are the axes */
-	char ***axis_values;  /* per axis */
+	size_t n_axes;       /* keys[0..n_axes) are the axes */
+	char ***axis_values; /* per axis */
 	size_t *n_axis_values;
 	struct mentry *include;
 	size_t n_include;
@@ -100,20 +100,106 @@ int matrix_expand(const struct node *node, struct spec_diags *d, struct matrix *
 void matrix_release(struct matrix *m);
 const char *combo_get(const struct combo *c, const char *key);
 
-/* ---- validation --------------------------------------------------------------- */
-
+/* How ${{ matrix.KEY }} is treated while validating. */
 enum subst_mode {
 	SUBST_NONE,     /* no matrix: ${{ ... }} is an error */
 	SUBST_COMBO,    /* substitute from `combo` */
 	SUBST_TOLERANT, /* the matrix is invalid: skip values that use it */
 };
 
+/* ---- reading values (value.c) ------------------------------------------------------ */
+
+/* Limits (docs/job-spec.md, "Limits"). */
+#define MAX_NAME           256
+#define MAX_LABELS         64
+#define MAX_IMAGE          512
+#define MAX_ENV            256
+#define MAX_VAR_NAME       256
+#define MAX_SECRETS        64
+#define MAX_STEPS          256
+#define MAX_PATHS          256
+#define MAX_PATH_LEN       1024
+#define MAX_CACHES         16
+#define MAX_CACHE_PATHS    32
+#define MAX_CACHE_KEY      512
+#define MAX_SHELL          256
+#define MAX_MATRIX_VALUES  64
+#define MIN_MEMORY         (4ULL << 20)
+#define MIN_DISK           (1ULL << 20)
+#define MAX_PIDS           4194304
+#define MAX_GPUS           64
+#define MAX_RETRIES        10
+#define MAX_PRIORITY       1000
+#define MIN_TIMEOUT_MS     1000ULL
+#define MAX_TIMEOUT_MS     (30ULL * 86400000)
+#define DEFAULT_TIMEOUT_MS 3600000ULL
+
+/* The validator's state while it walks one job. */
+struct vctx {
+	struct spec_diags *d;
+	struct buf path;
+	enum subst_mode mode;
+	const struct matrix *m;
+	const struct combo *combo;
+	bool failed;
+	char **scratch; /* strings freed with the context */
+	size_t n_scratch, cap_scratch;
+};
+
+struct val {
+	const char *text;
+	enum scalar_kind kind;
+};
+
+/* Keeps s (malloc'd) until the context is released; returns it. */
+char *v_keep(struct vctx *c, char *s);
+/* A quoted, escaped user value for a message; lives as long as the context. */
+const char *v_quote(struct vctx *c, const char *s);
+/* Reports at n's position under the current path; marks the job failed. */
+void v_err(struct vctx *c, const struct node *n, const char *fmt, ...) KILN_PRINTF(3, 4);
+/* Appends ".key" (or ["odd key"]) / "[i]" to the path; returns the length to
+ * give v_pop() to go back. */
+size_t v_push_key(struct vctx *c, const char *k);
+size_t v_push_index(struct vctx *c, size_t i);
+void v_pop(struct vctx *c, size_t old);
+/* A word that can be shown bare in a path or message: [A-Za-z0-9_.-], 1..64. */
+bool v_path_word(const char *k);
+/* A character of a matrix key: [A-Za-z0-9_-]. */
+bool v_key_char(char ch);
+
+/*
+ * Reads scalar n after ${{ matrix.KEY }} substitution; reports "expected
+ * <expected>, got ..." for a mapping or list. False when reported (or
+ * skipped: a node already reported, a value using a broken matrix).
+ */
+bool v_scalar(struct vctx *c, const struct node *n, const char *expected, struct val *v);
+/* A plain null scalar (the field takes its default). */
+bool v_is_null(const struct node *n);
+bool v_has_control(const char *s);
+/* Typed readers; each reports and returns false/NULL on a bad value. */
+const char *v_string(struct vctx *c, const struct node *n, const char *example);
+bool v_int(struct vctx *c, const struct node *n, int64_t min, int64_t max, int64_t *ret);
+bool v_bool(struct vctx *c, const struct node *n, bool *ret);
+bool v_duration(struct vctx *c, const struct node *n, uint64_t *ret);
+bool v_size(struct vctx *c, const struct node *n, uint64_t min, uint64_t *ret);
+bool v_cpus(struct vctx *c, const struct node *n, double *ret);
+/* A name (job, step): trimmed, one line, 1..MAX_NAME bytes; malloc'd. */
+char *v_name(struct vctx *c, const struct node *n, const char *s);
+/* [A-Za-z_][A-Za-z0-9_]* (upper-case only when `upper`). */
+bool v_var_name_ok(const char *s, bool upper);
+/* "npm-token" → "NPM_TOKEN", for suggestions; malloc'd. */
+char *v_upper_fix(const char *s);
+/* A workspace-relative path, cleaned ("./a//b/" → "a/b"); malloc'd or NULL. */
+char *v_clean_path(struct vctx *c, const struct node *n, const char *s);
+
+/* ---- validation --------------------------------------------------------------- */
+
 /*
  * Validates a job mapping into a job. Substitutes ${{ matrix.KEY }} per
  * `mode`. Returns NULL if anything was reported.
  */
 struct spec_job *job_from_node(const struct node *root, enum subst_mode mode,
-			       const struct matrix *m, const struct combo *combo,
-			       struct spec_diags *d);
+                               const struct matrix *m, const struct combo *combo,
+                               struct spec_diags *d);
 /* Bytes of strings a job holds (for SPEC_MAX_EXPANDED). */
 size_t job_size(const struct spec_job *job);

@@ -16,7 +16,7 @@ static void jobs_push(struct spec_job ***v, size_t *n, size_t *cap, struct spec_
 }
 
 static int load_tree(const struct node *root, struct spec_diags *d, struct spec_job ***ret_jobs,
-		     size_t *ret_n)
+                     size_t *ret_n)
 {
 	struct spec_job **jobs = NULL;
 	size_t n = 0, cap = 0;
@@ -24,7 +24,7 @@ static int load_tree(const struct node *root, struct spec_diags *d, struct spec_
 	const struct node *mnode = map_get(root, "matrix");
 	struct matrix m = {0};
 	if (mnode && !(mnode->type == NODE_SCALAR && !mnode->bad &&
-		       scalar_kind(mnode->text, mnode->plain) == SK_NULL)) {
+	               scalar_kind(mnode->text, mnode->plain) == SK_NULL)) {
 		if (matrix_expand(mnode, d, &m) < 0) {
 			failed = true;
 			/* Still check the rest of the job, skipping values that use the matrix. */
@@ -33,7 +33,7 @@ static int load_tree(const struct node *root, struct spec_diags *d, struct spec_
 			size_t total = 0;
 			for (size_t i = 0; i < m.n_combos && d->n <= SPEC_MAX_DIAGS; i++) {
 				struct spec_job *job =
-					job_from_node(root, SUBST_COMBO, &m, &m.combos[i], d);
+				    job_from_node(root, SUBST_COMBO, &m, &m.combos[i], d);
 				if (!job) {
 					failed = true;
 					continue;
@@ -41,10 +41,11 @@ static int load_tree(const struct node *root, struct spec_diags *d, struct spec_
 				total += job_size(job);
 				jobs_push(&jobs, &n, &cap, job);
 				if (total > SPEC_MAX_EXPANDED) {
-					spec_diags_add(d, mnode->line, mnode->col, "matrix",
-						       "the %zu jobs it expands to would hold more than "
-						       "%d MiB; make the job or the matrix smaller",
-						       m.n_combos, SPEC_MAX_EXPANDED >> 20);
+					spec_diags_add(
+					    d, mnode->line, mnode->col, "matrix",
+					    "the %zu jobs it expands to would hold more than "
+					    "%d MiB; make the job or the matrix smaller",
+					    m.n_combos, SPEC_MAX_EXPANDED >> 20);
 					failed = true;
 					break;
 				}
@@ -68,7 +69,7 @@ static int load_tree(const struct node *root, struct spec_diags *d, struct spec_
 }
 
 int spec_load(const char *file, const char *data, size_t len, struct spec_job ***ret_jobs,
-	      size_t *ret_n, struct spec_diags *diags)
+              size_t *ret_n, struct spec_diags *diags)
 {
 	if (!diags->file)
 		diags->file = xstrdup(file ? file : "<input>");
@@ -162,10 +163,9 @@ json_t *spec_job_to_json(const struct spec_job *job)
 	}
 	json_t *caches = json_array();
 	for (size_t i = 0; i < job->n_caches; i++)
-		json_array_append_new(caches,
-				      json_pack("{s:s, s:o}", "key", job->caches[i].key, "paths",
-						strv_json(job->caches[i].paths,
-							  job->caches[i].n_paths)));
+		json_array_append_new(
+		    caches, json_pack("{s:s, s:o}", "key", job->caches[i].key, "paths",
+		                      strv_json(job->caches[i].paths, job->caches[i].n_paths)));
 	json_t *res = json_object();
 	json_object_set_new(res, "cpus", cpus_json(job->resources.cpus));
 	json_object_set_new(res, "memory", json_integer((json_int_t)job->resources.memory));
@@ -200,8 +200,9 @@ int spec_job_from_json(const json_t *obj, struct spec_job **ret, struct kiln_err
 	if (spec_node_from_json(obj, &d, &root) >= 0) {
 		const struct node *m = map_get(root, "matrix");
 		if (m && !(m->type == NODE_SCALAR && scalar_kind(m->text, m->plain) == SK_NULL))
-			spec_diags_add(&d, 0, 0, "matrix",
-				       "a single job has no matrix; load the spec with spec_load()");
+			spec_diags_add(
+			    &d, 0, 0, "matrix",
+			    "a single job has no matrix; load the spec with spec_load()");
 		else
 			job = job_from_node(root, SUBST_NONE, NULL, NULL, &d);
 	}
@@ -217,10 +218,10 @@ int spec_job_from_json(const json_t *obj, struct spec_job **ret, struct kiln_err
 		r = kiln_err_set(err, -EINVAL, "not a valid job");
 	else if (d.v[0].path[0])
 		r = kiln_err_set(err, -EINVAL, "%s: %s%s", d.v[0].path, d.v[0].msg,
-				 d.n > 1 ? " (and more errors)" : "");
+		                 d.n > 1 ? " (and more errors)" : "");
 	else
 		r = kiln_err_set(err, -EINVAL, "%s%s", d.v[0].msg,
-				 d.n > 1 ? " (and more errors)" : "");
+		                 d.n > 1 ? " (and more errors)" : "");
 	spec_diags_release(&d);
 	return r;
 }

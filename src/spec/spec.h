@@ -17,12 +17,12 @@
 
 #include <jansson.h>
 
-#define SPEC_MAX_BYTES (1024 * 1024) /* a spec file or request body */
-#define SPEC_MAX_DEPTH 64            /* nesting of mappings/sequences */
-#define SPEC_MAX_MATRIX 256          /* jobs one document may expand to */
-#define SPEC_MAX_DIAGS 100           /* errors reported per document */
-#define SPEC_MAX_NODES 100000        /* values (scalars, mappings, lists) per document */
-#define SPEC_MAX_EXPANDED (16 << 20) /* bytes of strings all expanded jobs may hold */
+#define SPEC_MAX_BYTES    (1024 * 1024) /* a spec file or request body */
+#define SPEC_MAX_DEPTH    64            /* nesting of mappings/sequences */
+#define SPEC_MAX_MATRIX   256           /* jobs one document may expand to */
+#define SPEC_MAX_DIAGS    100           /* errors reported per document */
+#define SPEC_MAX_NODES    100000        /* values (scalars, mappings, lists) per document */
+#define SPEC_MAX_EXPANDED (16 << 20)    /* bytes of strings all expanded jobs may hold */
 
 /* ---- diagnostics ---------------------------------------------------------- */
 
@@ -46,8 +46,8 @@ void spec_diags_release(struct spec_diags *d);
  * An exact duplicate is dropped; past SPEC_MAX_DIAGS one final "too many
  * errors" line is added and later ones are dropped.
  */
-void spec_diags_add(struct spec_diags *d, int line, int col, const char *path,
-		    const char *fmt, ...) KILN_PRINTF(5, 6);
+void spec_diags_add(struct spec_diags *d, int line, int col, const char *path, const char *fmt, ...)
+    KILN_PRINTF(5, 6);
 /*
  * Appends one line per diagnostic: "file:line:col: path: msg\n"; the parts
  * that are unknown are left out ("file: msg" for a whole-document error).
@@ -78,12 +78,13 @@ struct spec_resources {
 };
 
 struct spec_step {
-	char *name;  /* default: the first line of run */
-	char *run;   /* the script */
-	char *shell; /* "bash" (default), "sh", "python" or a template with {0}; spec_shell_argv() */
+	char *name; /* default: the first line of run */
+	char *run;  /* the script */
+	char
+	    *shell; /* "bash" (default), "sh", "python" or a template with {0}; spec_shell_argv() */
 	struct spec_kv *env;
 	size_t n_env;
-	uint64_t timeout_ms; /* 0 = bounded by the job's timeout only */
+	uint64_t timeout_ms;     /* 0 = bounded by the job's timeout only */
 	char *working_directory; /* relative to the workspace; NULL = workspace */
 	bool continue_on_error;
 };
@@ -127,7 +128,7 @@ struct spec_job {
  * and fills `diags` with every error found; nothing is returned.
  */
 int spec_load(const char *file, const char *data, size_t len, struct spec_job ***ret_jobs,
-	      size_t *ret_n, struct spec_diags *diags);
+              size_t *ret_n, struct spec_diags *diags);
 
 void spec_job_free(struct spec_job *job);
 void spec_jobs_free(struct spec_job **jobs, size_t n);
