@@ -592,12 +592,13 @@ static int enable_v2_controllers(const struct cg_sandbox *cg, const char *mount,
 	return 0;
 }
 
-static int write_limits(const struct cg_sandbox *cg, const struct sandbox_limits *lim,
+static int write_limits(const struct cg_sandbox *cg, const struct sandbox_limits *lim, bool v2,
 			struct kiln_err *err)
 {
 	char v[64];
 	int r = 0;
-	if (lim->memory_bytes && cg->where[CG_MEMORY] >= 0) {
+#define IN_PHASE(c) (cg->where[c] >= 0 && cg->dir[cg->where[c]].v2 == v2)
+	if (lim->memory_bytes && IN_PHASE(CG_MEMORY)) {
 		const char *d = cg->dir[cg->where[CG_MEMORY]].path;
 		snprintf(v, sizeof(v), "%" PRIu64, lim->memory_bytes);
 		if (cg->dir[cg->where[CG_MEMORY]].v2) {
@@ -619,7 +620,7 @@ static int write_limits(const struct cg_sandbox *cg, const struct sandbox_limits
 			return kiln_err_set(err, r, "cannot set the memory limit in '%s': %s", d,
 					    strerror(-r));
 	}
-	if (lim->cpu_millis && cg->where[CG_CPU] >= 0) {
+	if (lim->cpu_millis && IN_PHASE(CG_CPU)) {
 		const char *d = cg->dir[cg->where[CG_CPU]].path;
 		uint64_t quota = (uint64_t)lim->cpu_millis * 100; /* period 100000 us */
 		if (cg->dir[cg->where[CG_CPU]].v2) {
@@ -635,7 +636,7 @@ static int write_limits(const struct cg_sandbox *cg, const struct sandbox_limits
 			return kiln_err_set(err, r, "cannot set the cpu limit in '%s': %s", d,
 					    strerror(-r));
 	}
-	if (lim->pids && cg->where[CG_PIDS] >= 0) {
+	if (lim->pids && IN_PHASE(CG_PIDS)) {
 		const char *d = cg->dir[cg->where[CG_PIDS]].path;
 		snprintf(v, sizeof(v), "%" PRIu32, lim->pids);
 		r = cg_write(d, "pids.max", v);
@@ -643,6 +644,7 @@ static int write_limits(const struct cg_sandbox *cg, const struct sandbox_limits
 			return kiln_err_set(err, r, "cannot set the pids limit in '%s': %s", d,
 					    strerror(-r));
 	}
+#undef IN_PHASE
 	return 0;
 }
 
@@ -660,29 +662,31 @@ static int mkdir_parents(const char *path)
 	return mkdir_p(p, 0755);
 }
 
-int cg_sandbox_create(struct cg_sandbox *cg, const struct sandbox_limits *lim,
+int cg_sandbox_create(struct cg_sandbox *cg, const struct sandbox_limits *lim, bool v2,
 		      struct kiln_err *err)
 {
-	size_t made = 0;
+	bool made[CG_MAX_DIRS] = {false};
 	int r = 0;
-	for (; made < cg->n; made++) {
-		const char *path = cg->dir[made].path;
+	for (size_t i = 0; i < cg->n && r >= 0; i++) {
+		if (cg->dir[i].v2 != v2)
+			continue;
+		const char *path = cg->dir[i].path;
 		r = mkdir_parents(path);
-		if (r >= 0 && cg->dir[made].v2)
-			r = enable_v2_controllers(cg, cg->v2_mount, err);
-		else if (r < 0)
+		if (r < 0) {
 			kiln_err_set(err, r, "cannot create the parents of cgroup '%s': %s", path,
 				     strerror(-r));
-		if (r < 0)
 			break;
-		if (mkdir(path, 0755) < 0)
+		}
+		if (v2 && (r = enable_v2_controllers(cg, cg->v2_mount, err)) < 0)
+			break;
+		if (mkdir(path, 0755) < 0) {
 			r = -errno;
-		if (r < 0) {
 			kiln_err_set(err, r, "cannot create cgroup '%s': %s", path, strerror(-r));
 			break;
 		}
+		made[i] = true;
 	}
-	if (r >= 0 && cg->v2_index >= 0) {
+	if (r >= 0 && v2 && cg->v2_index >= 0) {
 		cg->v2_fd = open(cg->dir[cg->v2_index].path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 		if (cg->v2_fd < 0) {
 			r = -errno;
@@ -691,29 +695,39 @@ int cg_sandbox_create(struct cg_sandbox *cg, const struct sandbox_limits *lim,
 		}
 	}
 	if (r >= 0 && lim)
-		r = write_limits(cg, lim, err);
+		r = write_limits(cg, lim, v2, err);
 	if (r < 0) {
-		for (size_t i = 0; i < made; i++)
-			(void)rmdir(cg->dir[i].path);
-		if (cg->v2_fd >= 0)
+		for (size_t i = 0; i < cg->n; i++)
+			if (made[i])
+				(void)rmdir(cg->dir[i].path);
+		if (v2 && cg->v2_fd >= 0) {
 			close(cg->v2_fd);
-		cg->v2_fd = -1;
+			cg->v2_fd = -1;
+		}
 	}
 	return r;
 }
 
-int cg_sandbox_attach(const struct cg_sandbox *cg, pid_t pid, bool v2_done)
+int cg_sandbox_open_tasks(const struct cg_sandbox *cg, int *fds)
 {
-	char v[32];
-	snprintf(v, sizeof(v), "%d", (int)pid);
+	int n = 0;
 	for (size_t i = 0; i < cg->n; i++) {
-		if (cg->dir[i].v2 && v2_done)
+		if (cg->dir[i].v2)
 			continue;
-		int r = cg_write(cg->dir[i].path, "cgroup.procs", v);
-		if (r < 0)
+		char path[CG_PATH + 8];
+		snprintf(path, sizeof(path), "%s/tasks", cg->dir[i].path);
+		int fd = open(path, O_WRONLY | O_CLOEXEC);
+		if (fd < 0 || n >= CG_MAX_V1) {
+			int r = fd < 0 ? -errno : -E2BIG;
+			if (fd >= 0)
+				close(fd);
+			while (n > 0)
+				close(fds[--n]);
 			return r;
+		}
+		fds[n++] = fd;
 	}
-	return 0;
+	return n;
 }
 
 static void io_stat_sum(const char *text, bool v2, uint64_t *rd, uint64_t *wr)

@@ -10,10 +10,11 @@
  * Order (each step needs the one before):
  *   close inherited fds → wait for the parent's GO (maps written, trees
  *   ready) → make every mount private → open the stage dir (still as the
- *   host uid) → become root of the user namespace → cgroup namespace (after the
- *   parent moved us into the v1 cgroups) → writable layer (tmpfs) → root: overlays on read-only lowers → /proc
+ *   host uid) → become root of the user namespace → writable layer (tmpfs) → root: overlays on read-only lowers → /proc
  *   (verified procfs, sensitive paths masked) → /dev → /tmp → binds →
- *   hostname, loopback → pivot_root + detach the old root → stdio on
+ *   hostname, loopback → pivot_root + detach the old root → the parent's
+ *   FINISH (seccomp program, kiln-init memfd, v1 cgroup fds: prepared while
+ *   we mounted) → join the v1 cgroups → new cgroup namespace → stdio on
  *   /dev/null, control socket on fd 3, everything else CLOEXEC → bounding
  *   set, capabilities → no_new_privs → seccomp → execveat(kiln-init memfd).
  *
@@ -88,13 +89,16 @@ static const char *const dev_nodes[] = {"null", "zero", "full", "random", "urand
 struct child {
 	const struct sb_plan *p;
 	int sock;
-	int init_fd;
+	int init_fd; /* from FINISH */
 	int stagefd;
 	int rootfd;
 	int trees[SB_MAX_LOWERS + SB_MAX_MOUNTS];
 	bool have_trees;
 	bool idmap;
 	char stage[40]; /* "/proc/self/fd/<stagefd>" */
+	struct sb_finish fin;
+	struct sock_fprog prog;
+	int tasks[CG_MAX_V1];
 };
 
 /* ---- tiny string helpers (no libc state) -------------------------------- */
@@ -336,20 +340,47 @@ static void set_attrs(struct child *c, int tree, uint64_t attrs, enum sb_step st
 
 static void close_inherited(struct child *c)
 {
-	/* Keep only the control socket and the kiln-init memfd, moved high. */
+	/* Keep only the control socket, moved high. */
 	int s = fcntl(c->p->sock, F_DUPFD_CLOEXEC, 64);
-	int i = fcntl(c->p->init_fd, F_DUPFD_CLOEXEC, 64);
-	if (s < 0 || i < 0) {
-		c->sock = c->p->sock;
+	if (s < 0)
 		fail(c, SB_STEP_SYNC, errno, "dup", NULL);
-	}
 	c->sock = s;
-	c->init_fd = i;
-	int lo = s < i ? s : i, hi = s < i ? i : s;
-	(void)close_range(0, (unsigned)lo - 1, 0);
-	if (hi > lo + 1)
-		(void)close_range((unsigned)lo + 1, (unsigned)hi - 1, 0);
-	(void)close_range((unsigned)hi + 1, ~0U, 0);
+	(void)close_range(0, (unsigned)s - 1, 0);
+	(void)close_range((unsigned)s + 1, ~0U, 0);
+}
+
+static void wait_finish(struct child *c)
+{
+	char cbuf[CMSG_SPACE(sizeof(int) * (1 + CG_MAX_V1))];
+	struct iovec iov = {.iov_base = &c->fin, .iov_len = sizeof(c->fin)};
+	struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf,
+			    .msg_controllen = sizeof(cbuf)};
+	ssize_t n;
+	do
+		n = recvmsg(c->sock, &mh, MSG_CMSG_CLOEXEC);
+	while (n < 0 && errno == EINTR);
+	if (n == 0)
+		_exit(125); /* the parent is gone */
+	size_t head = sizeof(c->fin) - sizeof(c->fin.bpf);
+	struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
+	if (n < (ssize_t)head || c->fin.magic != SB_FINISH_MAGIC || c->fin.bpf_len == 0 ||
+	    c->fin.bpf_len > SB_MAX_BPF || c->fin.n_tasks > CG_MAX_V1 ||
+	    (size_t)n != head + c->fin.bpf_len * sizeof(struct sock_filter) || !cm ||
+	    cm->cmsg_type != SCM_RIGHTS ||
+	    cm->cmsg_len != CMSG_LEN(sizeof(int) * (1 + c->fin.n_tasks)))
+		fail(c, SB_STEP_SYNC, EPROTO, "bad FINISH message", NULL);
+	const unsigned char *data = CMSG_DATA(cm);
+	for (size_t k = 0; k <= c->fin.n_tasks; k++) {
+		int fd = -1;
+		for (size_t b = 0; b < sizeof(int); b++)
+			((unsigned char *)&fd)[b] = data[k * sizeof(int) + b];
+		if (k == 0)
+			c->init_fd = fd;
+		else
+			c->tasks[k - 1] = fd;
+	}
+	c->prog.len = (unsigned short)c->fin.bpf_len;
+	c->prog.filter = c->fin.bpf;
 }
 
 static void wait_go(struct child *c)
@@ -398,6 +429,18 @@ static void make_private(struct child *c)
 		fail(c, SB_STEP_STAGE, errno, "open ", c->p->stage);
 }
 
+static void join_cgroups(struct child *c)
+{
+	for (uint32_t i = 0; i < c->fin.n_tasks; i++) {
+		if (write(c->tasks[i], "0", 1) != 1)
+			fail(c, SB_STEP_CGROUP, errno, NULL, NULL);
+		close(c->tasks[i]);
+	}
+	/* After joining: the namespace's root is the sandbox's cgroup. */
+	if (unshare(CLONE_NEWCGROUP) < 0)
+		fail(c, SB_STEP_CGROUPNS, errno, NULL, NULL);
+}
+
 static void become_root(struct child *c)
 {
 	/* Raw syscalls: glibc's setresuid() and friends signal every thread
@@ -410,8 +453,6 @@ static void become_root(struct child *c)
 		fail(c, SB_STEP_IDS, errno, "setresgid", NULL);
 	if (syscall(SYS_setresuid, 0, 0, 0) < 0)
 		fail(c, SB_STEP_IDS, errno, "setresuid", NULL);
-	if (unshare(CLONE_NEWCGROUP) < 0)
-		fail(c, SB_STEP_CGROUPNS, errno, NULL, NULL);
 }
 
 static void make_stage(struct child *c)
@@ -746,11 +787,26 @@ static void pivot(struct child *c)
 	close(c->stagefd);
 }
 
+/* Moves fd above the stdio numbers (0..2 are closed since the start, so
+ * received and opened fds may land there). */
+static int high(struct child *c, int fd)
+{
+	if (fd >= 64)
+		return fd;
+	int h = fcntl(fd, F_DUPFD_CLOEXEC, 64);
+	if (h < 0)
+		fail(c, SB_STEP_EXEC, errno, "dup", NULL);
+	close(fd);
+	return h;
+}
+
 static void final_fds(struct child *c)
 {
+	c->init_fd = high(c, c->init_fd);
 	int null = open("/dev/null", O_RDWR | O_CLOEXEC);
 	if (null < 0)
 		fail(c, SB_STEP_EXEC, errno, "open /dev/null", NULL);
+	null = high(c, null);
 	for (int fd = 0; fd < 3; fd++)
 		if (dup2(null, fd) < 0)
 			fail(c, SB_STEP_EXEC, errno, "dup2", NULL);
@@ -780,13 +836,18 @@ static void drop_privileges(struct child *c)
 		fail(c, SB_STEP_CAPS, errno, "capset", NULL);
 	if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
 		fail(c, SB_STEP_NNP, errno, NULL, NULL);
-	if (syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, p->seccomp) < 0)
+	if (syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &c->prog) < 0)
 		fail(c, SB_STEP_SECCOMP, errno, NULL, NULL);
 }
 
 void sb_child_main(const struct sb_plan *plan)
 {
-	struct child c = {.p = plan, .sock = plan->sock, .stagefd = -1, .rootfd = -1};
+	/* struct child holds the seccomp program (32 KiB): not on the stack
+	 * of a thread that may be small. The plan is our private (CoW) copy. */
+	static struct child c;
+	c.p = plan;
+	c.sock = plan->sock;
+	c.stagefd = c.rootfd = c.init_fd = -1;
 	close_inherited(&c);
 	wait_go(&c);
 	make_private(&c);
@@ -801,6 +862,8 @@ void sb_child_main(const struct sb_plan *plan)
 	net_and_name(&c);
 	pivot(&c);
 	umask(022);
+	wait_finish(&c);
+	join_cgroups(&c);
 	final_fds(&c);
 	drop_privileges(&c);
 	char arg0[] = "kiln-init", arg1[] = "--control";
@@ -815,6 +878,7 @@ const char *sb_step_name(enum sb_step s)
 	switch (s) {
 	case SB_STEP_SYNC: return "wait for the parent";
 	case SB_STEP_IDS: return "become root of the user namespace";
+	case SB_STEP_CGROUP: return "join the v1 cgroups";
 	case SB_STEP_CGROUPNS: return "new cgroup namespace";
 	case SB_STEP_PRIVATE: return "make mounts private";
 	case SB_STEP_STAGE: return "writable layer";

@@ -96,12 +96,14 @@ struct cg_sandbox {
  */
 int cg_sandbox_plan(const struct cg_layout *l, const char *parent, const char *id,
 		    const struct sandbox_limits *lim, struct cg_sandbox *ret, struct kiln_err *err);
-/* Creates the directories (and parents, enabling v2 controllers on the way)
- * and writes the limits. On failure removes what it created. */
-int cg_sandbox_create(struct cg_sandbox *cg, const struct sandbox_limits *lim,
+/* Creates the v2 (v2 true) or the v1 directories (and parents, enabling v2
+ * controllers on the way) and writes their limits. On failure removes what
+ * it created. */
+int cg_sandbox_create(struct cg_sandbox *cg, const struct sandbox_limits *lim, bool v2,
 		      struct kiln_err *err);
-/* Moves pid into every directory not entered by CLONE_INTO_CGROUP. */
-int cg_sandbox_attach(const struct cg_sandbox *cg, pid_t pid, bool v2_done);
+/* Opens the "tasks" file of every v1 directory (O_WRONLY|O_CLOEXEC) into
+ * fds (CG_MAX_V1); returns how many, or -errno (none left open). */
+int cg_sandbox_open_tasks(const struct cg_sandbox *cg, int *fds);
 int cg_sandbox_stats(const struct cg_sandbox *cg, struct sandbox_stats *ret);
 uint64_t cg_sandbox_oom_kills(const struct cg_sandbox *cg);
 /* Kills every process in the cgroup: v2 cgroup.kill, else v1 freeze, kill, thaw. */
@@ -191,8 +193,7 @@ struct sb_mount {
  * host's namespace.
  */
 struct sb_plan {
-	int sock;    /* child end of the control socket */
-	int init_fd; /* sealed memfd of kiln-init */
+	int sock; /* child end of the control socket */
 	char stage[PATH_MAX];
 	bool stage_tmpfs; /* the writable layer is a tmpfs (not cfg.keep) */
 	uint64_t disk_bytes;
@@ -204,9 +205,8 @@ struct sb_plan {
 	size_t n_mounts;
 	struct sb_mount mounts[SB_MAX_MOUNTS];
 	bool rootless;
-	bool new_net;
+	bool new_net; /* clone3 made the netns: the child brings loopback up */
 	char hostname[65];
-	const struct sock_fprog *seccomp;
 	uint64_t keep_caps; /* bit mask */
 	int cap_last;
 };
@@ -219,10 +219,30 @@ struct sb_go {
 	uint32_t n_fds;
 };
 
+/*
+ * What the parent sends once the child is busy with its mounts ("FINISH"),
+ * work done in parallel with the child's set-up: the seccomp program, and
+ * as SCM_RIGHTS the kiln-init memfd followed by one "tasks" fd per v1
+ * cgroup. The child joins those cgroups by writing "0" to them: moving
+ * one's own thread skips cgroup_threadgroup_rwsem, whose write side costs
+ * an RCU grace period (~10 ms) per cold migration; the fds were opened by
+ * the parent, and the kernel checks the opener's credentials.
+ */
+#define SB_MAX_BPF 4096
+struct sb_finish {
+	uint32_t magic; /* SB_FINISH_MAGIC */
+	uint32_t n_tasks;
+	uint32_t bpf_len; /* instructions that follow */
+	uint32_t pad;
+	struct sock_filter bpf[SB_MAX_BPF];
+};
+#define SB_FINISH_MAGIC 0x6b66696eU
+
 /* The set-up steps, for error messages (child.c reports the step). */
 enum sb_step {
 	SB_STEP_SYNC = 1,
 	SB_STEP_IDS,
+	SB_STEP_CGROUP,
 	SB_STEP_CGROUPNS,
 	SB_STEP_PRIVATE,
 	SB_STEP_STAGE,

@@ -28,7 +28,9 @@
 #include <libgen.h>
 #include <linux/sched.h>
 #include <poll.h>
+#include <net/if.h>
 #include <sched.h>
+#include <sys/ioctl.h>
 #include <signal.h>
 #include <sys/mman.h>
 #include <sys/mount.h>
@@ -273,8 +275,11 @@ static void random_id(char out[17])
 
 static int write_proc(pid_t pid, const char *file, const char *text)
 {
-	char path[64];
-	snprintf(path, sizeof(path), "/proc/%d/%s", (int)pid, file);
+	char path[96];
+	if (pid)
+		snprintf(path, sizeof(path), "/proc/%d/%s", (int)pid, file);
+	else
+		snprintf(path, sizeof(path), "/proc/%s", file); /* ours (this thread's netns) */
 	_cleanup_close_ int fd = open(path, O_WRONLY | O_CLOEXEC);
 	if (fd < 0)
 		return -errno;
@@ -553,6 +558,118 @@ static void reap_init(struct sandbox *sb)
 	pthread_mutex_unlock(&sb->lock);
 }
 
+/* ---- network namespace (root mode) -------------------------------------- */
+
+/*
+ * As root, "--net none" gets a network namespace made by a helper thread
+ * while sandbox_create() does its other work (creating one costs ~0.7 ms,
+ * mostly in the kernel's per-namespace set-up): unshare(CLONE_NEWNET) only
+ * affects the calling thread. The helper brings loopback up, lets every
+ * port and ICMP socket be used without privileges (as Docker does), and
+ * hands over an fd; clone3 is then called from a thread that setns()ed into
+ * it. The namespace is owned by the host's user namespace, so the sandbox
+ * cannot reconfigure it (no addresses, routes, firewall, raw sockets).
+ * Rootless, clone3 makes the namespace and the child brings loopback up.
+ */
+struct netns_prep {
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+	int refs; /* the thread and the creator; the last one frees */
+	bool done;
+	int fd;
+	int err;
+};
+
+static void netns_unref(struct netns_prep *n)
+{
+	pthread_mutex_lock(&n->lock);
+	bool last = --n->refs == 0;
+	pthread_mutex_unlock(&n->lock);
+	if (!last)
+		return;
+	if (n->fd >= 0)
+		close(n->fd);
+	pthread_cond_destroy(&n->cond);
+	pthread_mutex_destroy(&n->lock);
+	free(n);
+}
+
+static void netns_make(struct netns_prep *n)
+{
+	int fd = -1, err = 0;
+	if (unshare(CLONE_NEWNET) < 0) {
+		err = -errno;
+	} else {
+		int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+		struct ifreq ifr;
+		memset(&ifr, 0, sizeof(ifr));
+		snprintf(ifr.ifr_name, sizeof(ifr.ifr_name), "lo");
+		ifr.ifr_flags = IFF_UP | IFF_LOOPBACK | IFF_RUNNING;
+		if (s < 0 || ioctl(s, SIOCSIFFLAGS, &ifr) < 0)
+			err = -errno;
+		if (s >= 0)
+			close(s);
+		/* Best effort: older kernels lack one or the other. */
+		(void)write_proc(0, "sys/net/ipv4/ip_unprivileged_port_start", "0");
+		(void)write_proc(0, "sys/net/ipv4/ping_group_range", "0 2147483647");
+		if (err == 0 && (fd = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC)) < 0)
+			err = -errno;
+	}
+	pthread_mutex_lock(&n->lock);
+	n->fd = fd;
+	n->err = err;
+	n->done = true;
+	pthread_cond_signal(&n->cond);
+	pthread_mutex_unlock(&n->lock);
+}
+
+static void *netns_main(void *arg)
+{
+	netns_make(arg);
+	netns_unref(arg);
+	return NULL; /* exits in its own namespace; nobody waits for that */
+}
+
+static struct netns_prep *netns_start(void)
+{
+	struct netns_prep *n = xcalloc(1, sizeof(*n));
+	pthread_mutex_init(&n->lock, NULL);
+	pthread_cond_init(&n->cond, NULL);
+	n->fd = -1;
+	n->refs = 2;
+	pthread_attr_t attr;
+	pthread_t t;
+	pthread_attr_init(&attr);
+	pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+	pthread_attr_setstacksize(&attr, 64 * 1024);
+	if (pthread_create(&t, &attr, netns_main, n) != 0) {
+		/* No thread: do it here, which changes this thread's netns. */
+		int home = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
+		netns_make(n);
+		if (home < 0 || setns(home, CLONE_NEWNET) < 0)
+			abort(); /* this thread must never stay in the sandbox's network */
+		close(home);
+		n->refs--;
+	}
+	pthread_attr_destroy(&attr);
+	return n;
+}
+
+/* Waits for the namespace; returns a new fd of it (the caller closes). */
+static int netns_finish(struct netns_prep *n, struct kiln_err *err)
+{
+	pthread_mutex_lock(&n->lock);
+	while (!n->done)
+		pthread_cond_wait(&n->cond, &n->lock);
+	int r = n->err < 0 ? n->err : fcntl(n->fd, F_DUPFD_CLOEXEC, 3);
+	if (r < 0 && n->err >= 0)
+		r = -errno;
+	pthread_mutex_unlock(&n->lock);
+	if (r < 0)
+		kiln_err_set(err, r, "creating the network namespace: %s", strerror(-r));
+	return r;
+}
+
 /* ---- cgroup choice --------------------------------------------------------- */
 
 static int setup_cgroup(struct sandbox *sb, const struct sandbox_config *cfg,
@@ -581,17 +698,20 @@ static int setup_cgroup(struct sandbox *sb, const struct sandbox_config *cfg,
 	return 0;
 }
 
-static int create_cgroup(struct sandbox *sb, const struct sandbox_config *cfg,
+/* Creates the v2 (before clone3: CLONE_INTO_CGROUP needs it) or the v1
+ * directories (after: in parallel with the child's set-up). */
+static int create_cgroup(struct sandbox *sb, const struct sandbox_config *cfg, bool v2,
 			 struct kiln_err *err)
 {
 	if (!sb->has_cg)
 		return 0;
 	struct kiln_err cerr = {0};
-	int r = cg_sandbox_create(&sb->cg, &cfg->limits, &cerr);
+	int r = cg_sandbox_create(&sb->cg, &cfg->limits, v2, &cerr);
 	if (r >= 0)
 		return 0;
 	bool limits = cfg->limits.cpu_millis || cfg->limits.memory_bytes || cfg->limits.pids;
-	if (sb->rootless && !limits && (r == -EACCES || r == -EPERM || r == -EROFS)) {
+	bool first = v2 || sb->cg.v2_index < 0;
+	if (sb->rootless && !limits && first && (r == -EACCES || r == -EPERM || r == -EROFS)) {
 		/* Rootless without a delegated cgroup: run without one. */
 		sb->has_cg = false;
 		sb->warning = xasprintf("no cgroup (%s): not delegated to this user; no cgroup "
@@ -645,14 +765,9 @@ static void cleanup_once(const char *state_dir, const char *cgroup_root)
 	pthread_mutex_unlock(&cleaned_lock);
 }
 
-static int spawn(struct sandbox *sb, struct sb_plan *plan, const struct sandbox_config *cfg,
-		 struct kiln_err *err)
+/* clone3 into every namespace; with netns_fd, from inside that netns. */
+static int do_clone(struct sandbox *sb, struct sb_plan *plan, int netns_fd, struct kiln_err *err)
 {
-	int sp[2];
-	if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sp) < 0)
-		return kiln_err_set(err, -errno, "socketpair: %s", strerror(errno));
-	plan->sock = sp[1];
-
 	struct clone_args ca;
 	memset(&ca, 0, sizeof(ca));
 	int pidfd = -1;
@@ -666,13 +781,32 @@ static int spawn(struct sandbox *sb, struct sb_plan *plan, const struct sandbox_
 	}
 	ca.pidfd = (uint64_t)(uintptr_t)&pidfd;
 	ca.exit_signal = 0; /* no SIGCHLD: reaped through the pidfd only */
+	int home = -1;
+	if (netns_fd >= 0) {
+		home = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
+		if (home < 0 || setns(netns_fd, CLONE_NEWNET) < 0) {
+			int r = -errno;
+			if (home >= 0)
+				close(home);
+			return kiln_err_set(err, r, "entering the network namespace: %s",
+					    strerror(-r));
+		}
+	}
 	long pid = syscall(SYS_clone3, &ca, sizeof(ca));
 	if (pid == 0)
 		sb_child_main(plan); /* never returns */
-	close(sp[1]);
+	int saved = errno;
+	if (home >= 0) {
+		/* This thread must never stay in the sandbox's network. */
+		if (setns(home, CLONE_NEWNET) < 0) {
+			log_error("cannot return to the host network namespace error=\"%s\"",
+				  strerror(errno));
+			abort();
+		}
+		close(home);
+	}
 	if (pid < 0) {
-		int r = -errno;
-		close(sp[0]);
+		int r = -saved;
 		return kiln_err_set(err, r, "clone3: %s%s", strerror(-r),
 				    r == -ENOSPC || r == -EUSERS
 					    ? " (user namespace limit reached: "
@@ -680,12 +814,13 @@ static int spawn(struct sandbox *sb, struct sb_plan *plan, const struct sandbox_
 				    : r == -EPERM ? " (user namespaces disabled for this user?)"
 						  : "");
 	}
-	sb->ctl = sp[0];
 	sb->init_pidfd = pidfd;
 	sb->init_pid = (pid_t)pid;
+	return 0;
+}
 
-	/* The id maps: root inside is an unprivileged host range (root mode)
-	 * or the calling user (rootless, single-id map). */
+static int write_maps(struct sandbox *sb, const struct sandbox_config *cfg)
+{
 	char map[64];
 	int r;
 	if (sb->rootless) {
@@ -696,22 +831,82 @@ static int spawn(struct sandbox *sb, struct sb_plan *plan, const struct sandbox_
 		snprintf(map, sizeof(map), "0 %u 1\n", (unsigned)geteuid());
 		if (r >= 0)
 			r = write_proc(sb->init_pid, "uid_map", map);
-	} else {
-		uint32_t ub = cfg->id_base ? cfg->id_base : subuid_base;
-		uint32_t uc = cfg->id_count ? cfg->id_count : subuid_count;
-		uint32_t gb = cfg->id_base ? cfg->id_base : subgid_base;
-		uint32_t gc = cfg->id_count ? cfg->id_count : subgid_count;
-		snprintf(map, sizeof(map), "0 %u %u\n", gb, gc);
-		r = write_proc(sb->init_pid, "gid_map", map);
-		snprintf(map, sizeof(map), "0 %u %u\n", ub, uc);
-		if (r >= 0)
-			r = write_proc(sb->init_pid, "uid_map", map);
+		return r;
 	}
-	if (r < 0)
-		return kiln_err_set(err, r, "writing the id maps of the sandbox: %s", strerror(-r));
+	uint32_t ub = cfg->id_base ? cfg->id_base : subuid_base;
+	uint32_t uc = cfg->id_count ? cfg->id_count : subuid_count;
+	uint32_t gb = cfg->id_base ? cfg->id_base : subgid_base;
+	uint32_t gc = cfg->id_count ? cfg->id_count : subgid_count;
+	snprintf(map, sizeof(map), "0 %u %u\n", gb, gc);
+	r = write_proc(sb->init_pid, "gid_map", map);
+	snprintf(map, sizeof(map), "0 %u %u\n", ub, uc);
+	if (r >= 0)
+		r = write_proc(sb->init_pid, "uid_map", map);
+	return r;
+}
 
-	if (sb->has_cg && (r = cg_sandbox_attach(&sb->cg, sb->init_pid, sb->cg.v2_fd >= 0)) < 0)
-		return kiln_err_set(err, r, "moving the sandbox into its cgroup: %s", strerror(-r));
+/* Work done while the child mounts: v1 cgroups, seccomp, kiln-init. */
+static int send_finish(struct sandbox *sb, const struct sandbox_config *cfg, struct kiln_err *err)
+{
+	int r = create_cgroup(sb, cfg, false, err);
+	if (r < 0)
+		return r;
+	const struct sock_fprog *prog = NULL;
+	int init_fd = -1;
+	if ((r = sandbox_seccomp_program(&prog, err)) < 0 ||
+	    (r = sandbox_init_memfd(cfg->init_path, &init_fd, err)) < 0)
+		return r;
+	if (prog->len > SB_MAX_BPF)
+		return kiln_err_set(err, -E2BIG, "seccomp program too long");
+	int fds[1 + CG_MAX_V1];
+	fds[0] = init_fd;
+	int n = sb->has_cg ? cg_sandbox_open_tasks(&sb->cg, fds + 1) : 0;
+	if (n < 0)
+		return kiln_err_set(err, n, "opening the cgroups' tasks files: %s", strerror(-n));
+	struct sb_finish *fin = xmalloc(sizeof(*fin));
+	fin->magic = SB_FINISH_MAGIC;
+	fin->n_tasks = (uint32_t)n;
+	fin->bpf_len = prog->len;
+	fin->pad = 0;
+	memcpy(fin->bpf, prog->filter, prog->len * sizeof(struct sock_filter));
+	size_t len = sizeof(*fin) - sizeof(fin->bpf) + prog->len * sizeof(struct sock_filter);
+	struct iovec iov = {.iov_base = fin, .iov_len = len};
+	char cbuf[CMSG_SPACE(sizeof(fds))];
+	memset(cbuf, 0, sizeof(cbuf));
+	struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf,
+			    .msg_controllen = CMSG_SPACE(sizeof(int) * (size_t)(n + 1))};
+	struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
+	cm->cmsg_level = SOL_SOCKET;
+	cm->cmsg_type = SCM_RIGHTS;
+	cm->cmsg_len = CMSG_LEN(sizeof(int) * (size_t)(n + 1));
+	memcpy(CMSG_DATA(cm), fds, sizeof(int) * (size_t)(n + 1));
+	ssize_t sent = sendmsg(sb->ctl, &mh, MSG_NOSIGNAL);
+	r = sent == (ssize_t)len ? 0 : sent < 0 ? -errno : -EIO;
+	for (int i = 1; i <= n; i++)
+		close(fds[i]);
+	free(fin);
+	return r < 0 ? kiln_err_set(err, r, "starting the sandbox: %s", strerror(-r)) : 0;
+}
+
+static int spawn(struct sandbox *sb, struct sb_plan *plan, const struct sandbox_config *cfg,
+		 int netns_fd, struct kiln_err *err)
+{
+	int sp[2];
+	if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sp) < 0)
+		return kiln_err_set(err, -errno, "socketpair: %s", strerror(errno));
+	plan->sock = sp[1];
+	int r = do_clone(sb, plan, netns_fd, err);
+	close(sp[1]);
+	if (r < 0) {
+		close(sp[0]);
+		return r;
+	}
+	sb->ctl = sp[0];
+
+	/* The id maps: root inside is an unprivileged host range (root mode)
+	 * or the calling user (rootless, single-id map). */
+	if ((r = write_maps(sb, cfg)) < 0)
+		return kiln_err_set(err, r, "writing the id maps of the sandbox: %s", strerror(-r));
 
 	int trees[SB_MAX_LOWERS + SB_MAX_MOUNTS] = {0};
 	int n = 0;
@@ -725,10 +920,19 @@ static int spawn(struct sandbox *sb, struct sb_plan *plan, const struct sandbox_
 	r = send_go(sb->ctl, idmap, trees, (size_t)n);
 	for (int i = 0; i < n; i++)
 		close(trees[i]);
+	if (r >= 0)
+		r = send_finish(sb, cfg, err);
+	else
+		kiln_err_set(err, r, "starting the sandbox: %s", strerror(-r));
 	if (r < 0) {
-		/* The child died early: its report, if any, is more useful. */
-		int w = wait_ready(sb, err);
-		return w < 0 ? w : kiln_err_set(err, r, "starting the sandbox: %s", strerror(-r));
+		/* The child may have failed first: its report is more useful. */
+		struct pollfd pfd = {.fd = sb->ctl, .events = POLLIN};
+		if (poll(&pfd, 1, 0) == 1) {
+			struct kiln_err cerr = {0};
+			if (wait_ready(sb, &cerr) < 0 && err)
+				*err = cerr;
+		}
+		return r;
 	}
 	return wait_ready(sb, err);
 }
@@ -749,19 +953,18 @@ int sandbox_create(const struct sandbox_config *cfg, struct sandbox **ret, struc
 	sb->keep = cfg->keep;
 	sb->has_workspace = cfg->workspace != NULL;
 
+	int netns_fd = -1;
+	bool want_netns = !sb->rootless && cfg->net != SANDBOX_NET_HOST;
+	struct netns_prep *netns = want_netns ? netns_start() : NULL; /* runs meanwhile */
+
 	struct sb_plan *plan = xcalloc(1, sizeof(*plan));
 	_cleanup_free_ char *state_default = cfg->state_dir ? NULL : sandbox_state_dir_default();
 	const char *state_dir = cfg->state_dir ? cfg->state_dir : state_default;
 	int r = build_plan(cfg, plan, err);
 	if (r < 0)
 		goto fail;
-	r = sandbox_seccomp_program(&plan->seccomp, err);
-	if (r < 0)
-		goto fail;
-	r = sandbox_init_memfd(cfg->init_path, &plan->init_fd, err);
-	if (r < 0)
-		goto fail;
 	plan->rootless = sb->rootless;
+	plan->new_net = cfg->net != SANDBOX_NET_HOST && !want_netns;
 	if (strlen(state_dir) > 512 || strchr(state_dir, ':') || strchr(state_dir, ',') ||
 	    state_dir[0] != '/') {
 		r = kiln_err_set(err, -EINVAL,
@@ -788,11 +991,15 @@ int sandbox_create(const struct sandbox_config *cfg, struct sandbox **ret, struc
 	snprintf(plan->stage, sizeof(plan->stage), "%s/stage", sb->st.dir);
 	if (cfg->keep)
 		sb->upper_dir = xasprintf("%s/up", plan->stage);
-	r = create_cgroup(sb, cfg, err);
+	r = create_cgroup(sb, cfg, true, err);
 	if (r < 0)
 		goto fail_state;
+	if (netns && (r = netns_fd = netns_finish(netns, err)) < 0)
+		goto fail_cg;
 
-	r = spawn(sb, plan, cfg, err);
+	r = spawn(sb, plan, cfg, netns_fd, err);
+	if (netns_fd >= 0)
+		close(netns_fd); /* the sandbox holds it now */
 	free(plan);
 	plan = NULL;
 	if (r < 0) {
@@ -802,6 +1009,8 @@ int sandbox_create(const struct sandbox_config *cfg, struct sandbox **ret, struc
 		}
 		goto fail_cg;
 	}
+	if (netns)
+		netns_unref(netns);
 	*ret = sb;
 	return 0;
 
@@ -813,6 +1022,8 @@ fail_cg:
 fail_state:
 	(void)state_entry_remove(&sb->st, false);
 fail:
+	if (netns)
+		netns_unref(netns);
 	free(plan);
 	sandbox_free_parts(sb);
 	return r;

@@ -324,7 +324,7 @@ for addr in (("1.1.1.1", 80), ("10.0.0.1", 80), ("192.168.1.1", 80)):
     except OSError as e:
         print(addr[0], e.strerror)
     s.close()
-srv = socket.socket(); srv.bind(("127.0.0.1", 0)); srv.listen()
+srv = socket.socket(); srv.bind(("127.0.0.1", 80)); srv.listen()  # low ports allowed
 c = socket.create_connection(srv.getsockname(), timeout=5)
 a, _ = srv.accept(); c.sendall(b"ping"); print("loopback", a.recv(4).decode())
 """
@@ -334,6 +334,10 @@ a, _ = srv.accept(); c.sendall(b"ping"); print("loopback", a.recv(4).decode())
         self.assertNotIn("connected", out)
         self.assertIn("1.1.1.1 Network is unreachable", out)
         self.assertIn("loopback ping", out)
+        # The network cannot be reconfigured from inside.
+        r, _, out = self.sbx(["sh", "-c", "ip link add kt0 type dummy 2>&1; ip addr add 10.9.9.9/24 dev lo 2>&1; echo rc=$?"])
+        self.assertIn("Operation not permitted", out)
+        self.assertNotIn("rc=0", out)
 
     def test_net_host_shares_interfaces(self):
         host = sorted(n for _, n in socket.if_nameindex())
