@@ -324,68 +324,159 @@ void h_agents_lease(struct req *r)
 
 /* ---- heartbeat ------------------------------------------------------------ */
 
-void h_agents_heartbeat(struct req *r)
+/*
+ * A heartbeat lists the leases the agent runs ({id, fence}); the answer
+ * lists those it must stop ("cancel", with a reason) and every other lease
+ * of this agent the server has taken back meanwhile (one granted while the
+ * heartbeat was on its way). With "wait_ms" the heartbeat is a long-poll:
+ * when there is nothing to cancel, the request is parked until a lease of
+ * this agent is taken back (cancel, server-side timeout, expiry) or wait_ms
+ * passes, so a cancel reaches the agent in one round trip instead of one
+ * heartbeat period. Leases are renewed when the request arrives.
+ */
+struct hb_ctx {
+	int64_t *ids, *fences;
+	size_t n;
+	int64_t wait_ms; /* -1: not a long-poll */
+};
+
+static void hb_ctx_free(void *p)
 {
-	struct server *s = r->srv;
+	struct hb_ctx *c = p;
+	if (!c)
+		return;
+	free(c->ids);
+	free(c->fences);
+	free(c);
+}
+
+/* The cancel list for the listed leases, plus revoked unlisted ones. Under lock. */
+static json_t *hb_cancels(struct server *s, struct sagent *a, const struct hb_ctx *c,
+			  bool renew)
+{
+	uint64_t expires = now_mono_ns() + s->cfg.lease_ttl_ms * NSEC_PER_MSEC;
+	json_t *cancel = json_array();
+	for (size_t i = 0; i < c->n; i++) {
+		struct sjob *j = sched_job(s, c->ids[i]);
+		if (j && job_state_is_active(j->state) && j->agent == a && j->fence == c->fences[i]) {
+			if (renew)
+				j->lease_expires_ns = expires;
+			continue;
+		}
+		const char *reason = "lease_lost";
+		for (size_t k = 0; k < a->n_revoked; k++)
+			if (a->revoked[k].job_id == c->ids[i] && a->revoked[k].fence == c->fences[i]) {
+				reason = a->revoked[k].reason;
+				/* Keep holding its capacity until the agent stops listing it. */
+				a->revoked[k].expires_ns = expires;
+			}
+		json_array_append_new(cancel, json_pack("{s:I,s:I,s:s}", "id", (json_int_t)c->ids[i],
+							"fence", (json_int_t)c->fences[i], "reason",
+							reason));
+	}
+	for (size_t k = 0; k < a->n_revoked; k++) {
+		bool listed = false;
+		for (size_t i = 0; i < c->n && !listed; i++)
+			listed = a->revoked[k].job_id == c->ids[i] && a->revoked[k].fence == c->fences[i];
+		if (!listed)
+			json_array_append_new(
+				cancel, json_pack("{s:I,s:I,s:s}", "id", (json_int_t)a->revoked[k].job_id,
+						  "fence", (json_int_t)a->revoked[k].fence, "reason",
+						  a->revoked[k].reason));
+	}
+	return cancel;
+}
+
+static void hb_reply(struct server *s, struct req *r, struct sagent *a, json_t *cancel)
+{
+	struct hb_ctx *c = r->ctx;
+	json_t *body = json_pack("{s:o,s:b,s:I}", "cancel", cancel, "draining", a->draining,
+				 "lease_ttl_ms", (json_int_t)s->cfg.lease_ttl_ms);
+	if (c->wait_ms >= 0)
+		json_object_set_new(body, "wait_ms", json_integer(c->wait_ms));
+	req_reply_json(r, MHD_HTTP_OK, body);
+}
+
+void heartbeat_wake(struct server *s, struct sagent *a)
+{
+	for (struct req *r = s->hb_head, *next; r; r = next) {
+		next = r->wnext;
+		if (r->wait_agent != a)
+			continue;
+		sched_unpark(s, r);
+		hb_reply(s, r, a, hb_cancels(s, a, r->ctx, false));
+	}
+}
+
+void heartbeat_expire(struct server *s, struct req *r)
+{
+	struct sagent *a = r->wait_agent;
+	sched_unpark(s, r);
+	hb_reply(s, r, a, hb_cancels(s, a, r->ctx, false));
+}
+
+static int hb_parse(struct req *r, struct hb_ctx *c)
+{
 	json_t *jobs = json_object_get(r->json, "jobs");
 	if (jobs && !json_is_array(jobs)) {
 		req_reply_error(r, MHD_HTTP_BAD_REQUEST, "bad_request",
 				"request body: 'jobs' must be a list of {\"id\":N,\"fence\":N}");
-		return;
+		return -EINVAL;
+	}
+	json_t *w = json_object_get(r->json, "wait_ms");
+	c->wait_ms = -1;
+	if (w && !json_is_null(w)) {
+		if (!json_is_integer(w) || json_integer_value(w) < 0) {
+			req_reply_error(r, MHD_HTTP_BAD_REQUEST, "bad_request",
+					"request body: 'wait_ms' must be an integer >= 0");
+			return -EINVAL;
+		}
+		c->wait_ms = MIN(json_integer_value(w), (int64_t)r->srv->cfg.max_wait_ms);
 	}
 	size_t n = json_array_size(jobs);
 	if (n > 100000) {
 		req_reply_error(r, MHD_HTTP_BAD_REQUEST, "bad_request", "too many jobs");
-		return;
+		return -EINVAL;
 	}
-	int64_t *ids = xcalloc(n + 1, sizeof(int64_t)), *fences = xcalloc(n + 1, sizeof(int64_t));
+	c->ids = xcalloc(n + 1, sizeof(int64_t));
+	c->fences = xcalloc(n + 1, sizeof(int64_t));
+	c->n = n;
 	for (size_t i = 0; i < n; i++) {
 		json_t *e = json_array_get(jobs, i);
 		json_t *id = json_object_get(e, "id"), *fence = json_object_get(e, "fence");
 		if (!json_is_integer(id) || !json_is_integer(fence)) {
 			req_reply_error(r, MHD_HTTP_BAD_REQUEST, "bad_request",
 					"request body: jobs[%zu] must be {\"id\":N,\"fence\":N}", i);
-			free(ids);
-			free(fences);
-			return;
+			return -EINVAL;
 		}
-		ids[i] = json_integer_value(id);
-		fences[i] = json_integer_value(fence);
+		c->ids[i] = json_integer_value(id);
+		c->fences[i] = json_integer_value(fence);
 	}
+	return 0;
+}
+
+void h_agents_heartbeat(struct req *r)
+{
+	struct server *s = r->srv;
+	struct hb_ctx *c = xcalloc(1, sizeof(*c));
+	r->ctx = c;
+	r->ctx_free = hb_ctx_free;
+	if (hb_parse(r, c) < 0)
+		return;
 	pthread_mutex_lock(&s->lock);
 	struct sagent *a = agent_param(r);
 	if (!a) {
 		pthread_mutex_unlock(&s->lock);
-		free(ids);
-		free(fences);
 		return;
 	}
 	touch(a);
-	uint64_t expires = now_mono_ns() + s->cfg.lease_ttl_ms * NSEC_PER_MSEC;
-	json_t *cancel = json_array();
-	for (size_t i = 0; i < n; i++) {
-		struct sjob *j = sched_job(s, ids[i]);
-		if (j && job_state_is_active(j->state) && j->agent == a && j->fence == fences[i]) {
-			j->lease_expires_ns = expires;
-			continue;
-		}
-		const char *reason = "lease_lost";
-		for (size_t k = 0; k < a->n_revoked; k++)
-			if (a->revoked[k].job_id == ids[i] && a->revoked[k].fence == fences[i]) {
-				reason = a->revoked[k].reason;
-				/* Keep holding its capacity until the agent stops listing it. */
-				a->revoked[k].expires_ns = expires;
-			}
-		json_array_append_new(cancel, json_pack("{s:I,s:I,s:s}", "id", (json_int_t)ids[i],
-							"fence", (json_int_t)fences[i], "reason",
-							reason));
-	}
+	json_t *cancel = hb_cancels(s, a, c, true);
 	/* Revoked leases the agent no longer runs: their capacity is free again. */
 	bool freed = false;
 	for (size_t k = 0; k < a->n_revoked;) {
 		bool listed = false;
-		for (size_t i = 0; i < n && !listed; i++)
-			listed = a->revoked[k].job_id == ids[i] && a->revoked[k].fence == fences[i];
+		for (size_t i = 0; i < c->n && !listed; i++)
+			listed = a->revoked[k].job_id == c->ids[i] && a->revoked[k].fence == c->fences[i];
 		if (!listed) {
 			sched_revoked_take(a, a->revoked[k].job_id, a->revoked[k].fence, NULL);
 			freed = true;
@@ -395,11 +486,101 @@ void h_agents_heartbeat(struct req *r)
 	}
 	if (freed)
 		sched_kick_agent(s, a);
-	bool draining = a->draining;
+	if (json_array_size(cancel) || c->wait_ms <= 0 || s->stopping) {
+		hb_reply(s, r, a, cancel);
+	} else {
+		json_decref(cancel);
+		r->hb_waiter = true;
+		sched_park(s, r, a, (uint64_t)c->wait_ms);
+	}
 	pthread_mutex_unlock(&s->lock);
-	free(ids);
-	free(fences);
-	req_reply_json(r, MHD_HTTP_OK,
-		       json_pack("{s:o,s:b,s:I}", "cancel", cancel, "draining", draining,
-				 "lease_ttl_ms", (json_int_t)s->cfg.lease_ttl_ms));
+}
+
+/* ---- release ---------------------------------------------------------------- */
+
+/*
+ * POST /v1/agents/{id}/release {"jobs": [{"id","fence"}]?, "reason": "..."}:
+ * the agent gives leases back — those listed, or every lease it holds when
+ * "jobs" is absent (an agent that restarted after a crash, or one that is
+ * stopping). Each goes back to the queue at once, as if its lease had
+ * expired (the attempt counts; with no retries left the job is lost).
+ * Answered once the decisions are durable.
+ */
+struct release_ctx {
+	json_t *reply;
+};
+
+static void release_ctx_free(void *p)
+{
+	struct release_ctx *c = p;
+	if (!c)
+		return;
+	json_decref(c->reply);
+	free(c);
+}
+
+static void release_done(struct store_mut *m, void *ud)
+{
+	(void)m;
+	struct req *r = ud;
+	struct release_ctx *c = r->ctx;
+	req_reply_json(r, MHD_HTTP_OK, json_incref(c->reply));
+}
+
+void h_agents_release(struct req *r)
+{
+	struct server *s = r->srv;
+	struct hb_ctx list = {0};
+	json_t *jobs = json_object_get(r->json, "jobs");
+	bool all = !jobs || json_is_null(jobs);
+	if (!all && hb_parse(r, &list) < 0) {
+		free(list.ids);
+		free(list.fences);
+		return;
+	}
+	const char *reason = json_string_value(json_object_get(r->json, "reason"));
+	if (!reason || !*reason)
+		reason = "no reason given";
+	if (strlen(reason) > 512 || !utf8_valid(reason, strlen(reason))) {
+		req_reply_error(r, MHD_HTTP_BAD_REQUEST, "bad_request",
+				"request body: 'reason' must be UTF-8 text of at most 512 bytes");
+		free(list.ids);
+		free(list.fences);
+		return;
+	}
+	pthread_mutex_lock(&s->lock);
+	struct sagent *a = agent_param(r);
+	if (!a) {
+		pthread_mutex_unlock(&s->lock);
+		free(list.ids);
+		free(list.fences);
+		return;
+	}
+	touch(a);
+	json_t *released = json_array(), *requeued = json_array(), *lost = json_array();
+	for (size_t i = a->n_jobs; i > 0; i--) {
+		struct sjob *j = a->jobs[i - 1];
+		bool match = all;
+		for (size_t k = 0; k < list.n && !match; k++)
+			match = list.ids[k] == j->id && list.fences[k] == j->fence;
+		if (!match)
+			continue;
+		json_array_append_new(released, json_integer(j->id));
+		json_array_append_new(j->attempt < j->max_attempts ? requeued : lost,
+				      json_integer(j->id));
+		_cleanup_free_ char *why = xasprintf("released by agent '%s': %s", a->name, reason);
+		sched_release(s, j, why, false);
+	}
+	struct release_ctx *c = xcalloc(1, sizeof(*c));
+	c->reply = json_pack("{s:o,s:o,s:o}", "released", released, "requeued", requeued, "lost",
+			     lost);
+	r->ctx = c;
+	r->ctx_free = release_ctx_free;
+	/* Answer once everything decided above is committed. */
+	r->mut = (struct store_mut){.kind = STORE_BARRIER, .done = release_done, .userdata = r};
+	store_submit(s->store, &r->mut);
+	sched_kick_agent(s, a);
+	pthread_mutex_unlock(&s->lock);
+	free(list.ids);
+	free(list.fences);
 }

@@ -697,8 +697,8 @@ void http_stop(struct server *s)
 		close(lfd);
 	pthread_mutex_lock(&s->lock);
 	s->stopping = true;
-	while (s->waiters_head) {
-		struct req *r = s->waiters_head;
+	while (s->waiters_head || s->hb_head) {
+		struct req *r = s->waiters_head ? s->waiters_head : s->hb_head;
 		sched_unpark(s, r);
 		req_reply_error(r, MHD_HTTP_SERVICE_UNAVAILABLE, "unavailable",
 				"the server is shutting down");

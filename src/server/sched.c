@@ -512,6 +512,9 @@ void sched_end_lease(struct server *s, struct sjob *j, const char *revoke_reason
 		}
 	}
 	j->agent = NULL;
+	/* Tell the agent now, not at its next heartbeat. */
+	if (a && revoke_reason)
+		heartbeat_wake(s, a);
 	if (j->log)
 		logs_attempt_ended(s, j);
 	else
@@ -546,30 +549,34 @@ struct sjob *sched_pick(struct server *s, struct sagent *a)
 
 void sched_park(struct server *s, struct req *r, struct sagent *a, uint64_t wait_ms)
 {
+	struct req **head = r->hb_waiter ? &s->hb_head : &s->waiters_head;
+	struct req **tail = r->hb_waiter ? &s->hb_tail : &s->waiters_tail;
 	r->wait_agent = a;
 	r->wait_deadline_ns = now_mono_ns() + wait_ms * NSEC_PER_MSEC;
 	r->parked = true;
 	r->wnext = NULL;
-	r->wprev = s->waiters_tail;
-	if (s->waiters_tail)
-		s->waiters_tail->wnext = r;
+	r->wprev = *tail;
+	if (*tail)
+		(*tail)->wnext = r;
 	else
-		s->waiters_head = r;
-	s->waiters_tail = r;
+		*head = r;
+	*tail = r;
 }
 
 void sched_unpark(struct server *s, struct req *r)
 {
 	if (!r->parked)
 		return;
+	struct req **head = r->hb_waiter ? &s->hb_head : &s->waiters_head;
+	struct req **tail = r->hb_waiter ? &s->hb_tail : &s->waiters_tail;
 	if (r->wprev)
 		r->wprev->wnext = r->wnext;
 	else
-		s->waiters_head = r->wnext;
+		*head = r->wnext;
 	if (r->wnext)
 		r->wnext->wprev = r->wprev;
 	else
-		s->waiters_tail = r->wprev;
+		*tail = r->wprev;
 	r->wprev = r->wnext = NULL;
 	r->parked = false;
 }
@@ -690,44 +697,50 @@ void sched_grant(struct server *s, struct sjob *j, struct sagent *a, struct req 
 
 /* ---- the timer ------------------------------------------------------------ */
 
-static void expire_lease(struct server *s, struct sjob *j)
+void sched_release(struct server *s, struct sjob *j, const char *why, bool revoke)
 {
-	char ttl[32];
-	format_duration_ms(s->cfg.lease_ttl_ms, ttl);
 	const char *agent = j->agent ? j->agent->name : "?";
 	int64_t fence = j->fence;
 	if (j->attempt < j->max_attempts) {
-		log_warn("lease expired, job queued again job=%" PRId64 " agent=%s fence=%" PRId64
-			 " attempt=%" PRId64,
-			 j->id, agent, fence, j->attempt);
+		log_warn("lease ended, job queued again job=%" PRId64 " agent=%s fence=%" PRId64
+			 " attempt=%" PRId64 " why=\"%s\"",
+			 j->id, agent, fence, j->attempt, why);
 		struct store_mut *m = mut_new(STORE_JOB_REQUEUE);
-		char *msg = xasprintf("lease expired: agent '%s' did not renew it within %s "
-				      "(attempt %" PRId64 " of %" PRId64 ")",
-				      agent, ttl, j->attempt, j->max_attempts);
+		char *msg = xasprintf("%s (attempt %" PRId64 " of %" PRId64 ")", why, j->attempt,
+				      j->max_attempts);
 		m->requeue = (__typeof__(m->requeue)){.job_id = j->id, .fence = fence,
 						  .attempt_state = JOB_LOST, .message = msg,
 						  .now = proto_now_ms()};
 		mut_set_msg(m, msg);
 		mut_submit_detached(s, m);
-		sched_end_lease(s, j, "lease_expired");
+		sched_end_lease(s, j, revoke ? "lease_expired" : NULL);
 		sched_requeue(s, j);
 		return;
 	}
-	log_warn("lease expired with no retries left, job lost job=%" PRId64 " agent=%s", j->id,
-		 agent);
+	log_warn("lease ended with no retries left, job lost job=%" PRId64 " agent=%s why=\"%s\"",
+		 j->id, agent, why);
 	struct store_mut *m = mut_new(STORE_JOB_FINISH);
-	char *msg = xasprintf("lost: the lease expired (agent '%s' did not renew it within %s) "
-			      "and no retries are left (attempt %" PRId64 " of %" PRId64 ")",
-			      agent, ttl, j->attempt, j->max_attempts);
+	char *msg = xasprintf("lost: %s, and no retries are left (attempt %" PRId64 " of %" PRId64
+			      ")",
+			      why, j->attempt, j->max_attempts);
 	m->finish = (__typeof__(m->finish)){.job_id = j->id, .fence = fence, .state = JOB_LOST,
 					.message = msg, .now = proto_now_ms()};
 	mut_set_msg(m, msg);
 	mut_submit_detached(s, m);
 	struct sagent *a = j->agent;
-	sched_end_lease(s, j, "lost");
+	sched_end_lease(s, j, revoke ? "lost" : NULL);
 	sched_free_job(s, j);
 	if (a)
 		sched_kick_agent(s, a);
+}
+
+static void expire_lease(struct server *s, struct sjob *j)
+{
+	char ttl[32];
+	format_duration_ms(s->cfg.lease_ttl_ms, ttl);
+	_cleanup_free_ char *why = xasprintf("lease expired: agent '%s' did not renew it within %s",
+					     j->agent ? j->agent->name : "?", ttl);
+	sched_release(s, j, why, true);
 }
 
 static void time_out(struct server *s, struct sjob *j)
@@ -771,6 +784,11 @@ void sched_tick(struct server *s, uint64_t now)
 		req_reply_response(r, MHD_HTTP_NO_CONTENT,
 				   MHD_create_response_from_buffer(0, NULL,
 								   MHD_RESPMEM_PERSISTENT));
+	}
+	for (struct req *r = s->hb_head, *next; r; r = next) {
+		next = r->wnext;
+		if (now >= r->wait_deadline_ns)
+			heartbeat_expire(s, r);
 	}
 	for (struct sagent *a = s->agents; a; a = a->next) {
 		bool freed = false;

@@ -116,7 +116,8 @@ struct req {
 	void *ctx; /* handler's own data, freed by ctx_free */
 	void (*ctx_free)(void *ctx);
 
-	/* long-poll waiter (server.waiters) */
+	/* long-poll waiter (server.waiters, or server.hb_waiters when hb_waiter) */
+	bool hb_waiter;
 	struct sagent *wait_agent;
 	uint64_t wait_deadline_ns;
 	struct req *wprev, *wnext;
@@ -259,6 +260,7 @@ struct server {
 	struct sagent *agents;
 	int64_t next_job_id, next_fence, next_agent_id;
 	struct req *waiters_head, *waiters_tail;
+	struct req *hb_head, *hb_tail; /* parked heartbeats */
 	struct follower *followers;
 	struct conn_info *conns;
 
@@ -287,12 +289,20 @@ void sched_end_lease(struct server *s, struct sjob *j, const char *revoke_reason
 void sched_remove_queued(struct server *s, struct sjob *j);
 void sched_free_job(struct server *s, struct sjob *j);
 void sched_requeue(struct server *s, struct sjob *j);
+/*
+ * Ends j's lease without a result: queued again (the attempt ends as lost)
+ * if attempts remain, else the job is lost. `why` starts the stored message.
+ * revoke: the agent may still run it (expiry), so its capacity stays held
+ * until the agent lets go; !revoke: the agent said it does not (release).
+ */
+void sched_release(struct server *s, struct sjob *j, const char *why, bool revoke);
 /* Gives parked lease requests of agent a a chance at newly fitting work. */
 void sched_kick_agent(struct server *s, struct sagent *a);
 void sched_recheck_classes(struct server *s);
 void sched_fill_overlay(struct server *s, struct proto_job *pj);
 bool sched_revoked_take(struct sagent *a, int64_t job_id, int64_t fence, const char **reason);
 void sched_agent_to_proto(struct server *s, struct sagent *a, struct proto_agent *ret);
+/* Parks a lease request (or, with r->hb_waiter, a heartbeat) until wait_ms. */
 void sched_park(struct server *s, struct req *r, struct sagent *a, uint64_t wait_ms);
 void sched_unpark(struct server *s, struct req *r);
 void sched_tick(struct server *s, uint64_t now_ns);
@@ -329,6 +339,11 @@ void h_agents_get(struct req *r);
 void h_agents_drain(struct req *r);
 void h_agents_lease(struct req *r);
 void h_agents_heartbeat(struct req *r);
+void h_agents_release(struct req *r);
+/* agents.c: answers a's parked heartbeats now (a lease of a was taken back). */
+void heartbeat_wake(struct server *s, struct sagent *a);
+/* agents.c: a parked heartbeat's wait is over: answers it. */
+void heartbeat_expire(struct server *s, struct req *r);
 
 /* logs.c */
 void joblog_close(struct joblog *l);

@@ -76,6 +76,8 @@ const struct route server_routes[] = {
 	  NULL),
 	R("POST", "/v1/agents/{id}/heartbeat", "agents.heartbeat", BODY_JSON, ROUTE_AGENT,
 	  h_agents_heartbeat, NULL),
+	R("POST", "/v1/agents/{id}/release", "agents.release", BODY_JSON, ROUTE_AGENT,
+	  h_agents_release, NULL),
 };
 const size_t server_routes_count = ARRAY_SIZE(server_routes);
 
