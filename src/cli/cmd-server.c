@@ -30,7 +30,7 @@ const char cmd_server_help[] =
 	"  --header-timeout DURATION  request headers must arrive within (default 10s)\n"
 	"  --body-timeout DURATION    a JSON body must arrive within (default 30s)\n"
 	"  --idle-timeout DURATION    idle keep-alive connections are closed (default 60s)\n"
-	"  --threads N            HTTP threads (default 2)\n"
+	"  --threads N            HTTP threads (default 1)\n"
 	"  --unsafe-no-fsync      commit without fsync (synchronous=NORMAL): a machine\n"
 	"                         crash may lose acknowledged jobs; for benchmarks only\n"
 	"  --list-routes          print every route (METHOD PATH) and exit\n"

@@ -504,6 +504,9 @@ static enum MHD_Result access_handler(void *cls, struct MHD_Connection *conn, co
 		}
 		return after_handler(r);
 	case REQ_READY:
+		/* Resumed: wait until whoever answered has let go of r. */
+		pthread_mutex_lock(&r->lock);
+		pthread_mutex_unlock(&r->lock);
 		return queue(r);
 	case REQ_HANDLER:
 	case REQ_SENT:

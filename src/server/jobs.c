@@ -156,7 +156,9 @@ static void submit_jobs(struct req *r, struct submit_ctx *c)
 				    .done = submit_done,
 				    .userdata = r};
 	/* The insert is queued before any lease of these jobs. */
-	store_submit(s->store, &r->mut);
+	uint64_t seq = store_submit(s->store, &r->mut);
+	for (size_t i = 0; i < c->n; i++)
+		made[i]->insert_seq = seq;
 	for (size_t i = 0; i < c->n; i++)
 		if (made[i]->state == JOB_QUEUED)
 			sched_dispatch(s, made[i]);
@@ -288,7 +290,7 @@ void h_jobs_get(struct req *r)
 		return;
 	}
 	pthread_mutex_lock(&r->srv->lock);
-	sched_fill_overlay(r->srv, &pj);
+	sched_fill_overlay(r->srv, &pj, true);
 	pthread_mutex_unlock(&r->srv->lock);
 	req_reply_json(r, MHD_HTTP_OK, proto_job_to_json(&pj, PROTO_JOB_SPEC | PROTO_JOB_ATTEMPTS));
 	proto_job_release(&pj);
@@ -349,7 +351,7 @@ void h_jobs_list(struct req *r)
 	json_t *arr = json_array();
 	pthread_mutex_lock(&r->srv->lock);
 	for (size_t i = 0; i < n; i++) {
-		sched_fill_overlay(r->srv, &v[i]);
+		sched_fill_overlay(r->srv, &v[i], false);
 		json_array_append_new(arr, proto_job_to_json(&v[i], 0));
 	}
 	pthread_mutex_unlock(&r->srv->lock);

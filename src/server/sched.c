@@ -33,6 +33,8 @@ static void detached_done(struct store_mut *m, void *ud)
 {
 	(void)ud;
 	struct owned_mut *o = (struct owned_mut *)m;
+	if (m->kind == STORE_JOB_LEASE)
+		free(m->lease.ret_spec);
 	if (m->result < 0)
 		log_error("store refused a server decision kind=%d result=%d (a scheduler bug)",
 			  (int)m->kind, m->result);
@@ -330,12 +332,38 @@ void sched_recheck_classes(struct server *s)
 		class_check(s, c);
 }
 
-void sched_fill_overlay(struct server *s, struct proto_job *pj)
+/*
+ * Reads give the store's committed state; a job the scheduler holds may be a
+ * step ahead (a lease answered before its commit): show the scheduler's.
+ */
+void sched_fill_overlay(struct server *s, struct proto_job *pj, bool with_attempts)
 {
-	if (pj->state != JOB_QUEUED)
-		return;
 	struct sjob *j = sched_job(s, pj->id);
-	if (j && j->cls && !j->cls->schedulable) {
+	if (!j || job_state_is_terminal(pj->state))
+		return;
+	if (j->attempt > pj->attempt || (job_state_is_active(j->state) && j->fence != pj->fence)) {
+		pj->state = j->state;
+		pj->attempt = j->attempt;
+		pj->fence = j->fence;
+		pj->agent_id = j->agent ? j->agent->id : 0;
+		if (!pj->leased_at)
+			pj->leased_at = proto_now_ms();
+		if (with_attempts) {
+			pj->attempts = xrealloc(pj->attempts,
+						(pj->n_attempts + 1) * sizeof(*pj->attempts));
+			pj->attempts[pj->n_attempts++] = (struct proto_attempt){
+				.attempt = j->attempt,
+				.fence = j->fence,
+				.agent_id = j->agent ? j->agent->id : 0,
+				.agent_name = j->agent ? xstrdup(j->agent->name) : NULL,
+				.state = j->state,
+				.leased_at = proto_now_ms(),
+			};
+		}
+	} else if (j->state == JOB_RUNNING && pj->state == JOB_LEASED) {
+		pj->state = JOB_RUNNING;
+	}
+	if (j->state == JOB_QUEUED && j->cls && !j->cls->schedulable) {
 		pj->unschedulable = true;
 		free(pj->reason);
 		pj->reason = xstrdup(j->cls->reason);
@@ -633,19 +661,8 @@ static void lease_ctx_free(void *p)
 	free(c);
 }
 
-static void lease_done(struct store_mut *m, void *ud)
+static void lease_reply(struct req *r, const struct lease_ctx *c, const char *spec)
 {
-	struct req *r = ud;
-	struct lease_ctx *c = r->ctx;
-	if (m->result < 0) {
-		log_error("the store refused a lease job=%" PRId64 " fence=%" PRId64 " result=%d",
-			  c->id, c->fence, m->result);
-		free(m->lease.ret_spec);
-		m->lease.ret_spec = NULL;
-		req_reply_error(r, MHD_HTTP_INTERNAL_SERVER_ERROR, "internal",
-				"the lease could not be recorded; ask again");
-		return;
-	}
 	struct buf b = BUF_INIT;
 	buf_printf(&b, "{\"job\":{\"id\":%" PRId64 ",\"name\":", c->id);
 	buf_put_json_string(&b, c->name, strlen(c->name));
@@ -653,13 +670,55 @@ static void lease_done(struct store_mut *m, void *ud)
 		   ",\"attempt\":%" PRId64 ",\"max_attempts\":%" PRId64 ",\"fence\":%" PRId64
 		   ",\"timeout_ms\":%" PRIu64 ",\"spec\":%s},\"fence\":%" PRId64
 		   ",\"attempt\":%" PRId64 ",\"lease_ttl_ms\":%" PRIu64 "}\n",
-		   c->attempt, c->max_attempts, c->fence, c->timeout_ms,
-		   m->lease.ret_spec ? m->lease.ret_spec : "null", c->fence, c->attempt,
-		   c->ttl_ms);
-	free(m->lease.ret_spec);
-	m->lease.ret_spec = NULL;
+		   c->attempt, c->max_attempts, c->fence, c->timeout_ms, spec ? spec : "null",
+		   c->fence, c->attempt, c->ttl_ms);
 	size_t len = b.len;
 	req_reply_text(r, MHD_HTTP_OK, "application/json", buf_steal(&b), len);
+}
+
+static void lease_done(struct store_mut *m, void *ud)
+{
+	struct req *r = ud;
+	struct lease_ctx *c = r->ctx;
+	char *spec = TAKE_PTR(m->lease.ret_spec);
+	if (m->result < 0) {
+		log_error("the store refused a lease job=%" PRId64 " fence=%" PRId64 " result=%d",
+			  c->id, c->fence, m->result);
+		free(spec);
+		req_reply_error(r, MHD_HTTP_INTERNAL_SERVER_ERROR, "internal",
+				"the lease could not be recorded; ask again");
+		return;
+	}
+	lease_reply(r, c, spec);
+	free(spec);
+}
+
+static void fence_reserve_done(struct store_mut *m, void *ud)
+{
+	struct server *s = ud;
+	pthread_mutex_lock(&s->lock);
+	if (m->result >= 0 && m->fence_reserve.upto > s->fence_durable)
+		s->fence_durable = m->fence_reserve.upto;
+	s->fence_reserving = false;
+	pthread_mutex_unlock(&s->lock);
+	free(m);
+}
+
+#define FENCE_BLOCK 65536
+
+/* Keeps the durable fence reservation ahead of the fences handed out. */
+static void fence_reserve_ahead(struct server *s)
+{
+	if (s->fence_reserving || s->next_fence + FENCE_BLOCK / 2 < s->fence_target)
+		return;
+	s->fence_target += FENCE_BLOCK;
+	struct store_mut *m = xcalloc(1, sizeof(*m));
+	m->kind = STORE_FENCE_RESERVE;
+	m->fence_reserve.upto = s->fence_target;
+	m->done = fence_reserve_done;
+	m->userdata = s;
+	s->fence_reserving = true;
+	store_submit(s->store, m);
 }
 
 void sched_grant(struct server *s, struct sjob *j, struct sagent *a, struct req *r)
@@ -675,23 +734,45 @@ void sched_grant(struct server *s, struct sjob *j, struct sagent *a, struct req 
 	agent_add_job(a, j);
 	active_add(s, j);
 
+	fence_reserve_ahead(s);
+	log_debug("lease granted job=%" PRId64 " agent=%s fence=%" PRId64 " attempt=%" PRId64,
+		  j->id, a->name, j->fence, j->attempt);
+	struct lease_ctx lc = {.id = j->id, .attempt = j->attempt,
+			       .max_attempts = j->max_attempts, .fence = j->fence,
+			       .agent_id = a->id, .timeout_ms = j->timeout_ms,
+			       .ttl_ms = s->cfg.lease_ttl_ms, .name = j->name};
+	struct store_mut lm = {.kind = STORE_JOB_LEASE,
+			       .lease = {.job_id = j->id, .fence = j->fence,
+					 .attempt = j->attempt, .agent_id = a->id,
+					 .now = proto_now_ms()}};
+	/*
+	 * The lease may be answered before it is committed when the job itself
+	 * is durable and its fence reserved: if the server dies before the
+	 * commit, the job is simply still queued after the restart, and the
+	 * fence, never reused, fences the agent out. Otherwise (a job that is
+	 * not yet durable) the answer waits for the commit.
+	 */
+	if (j->insert_seq <= store_committed_seq(s->store) && j->fence <= s->fence_durable) {
+		char *spec = NULL;
+		if (store_job_spec(s->store, j->id, &spec) >= 0) {
+			struct store_mut *m = mut_new(STORE_JOB_LEASE);
+			m->lease = lm.lease;
+			mut_submit_detached(s, m);
+			lease_reply(r, &lc, spec);
+			free(spec);
+			return;
+		}
+	}
 	struct lease_ctx *c = xcalloc(1, sizeof(*c));
-	*c = (struct lease_ctx){.id = j->id, .attempt = j->attempt,
-				.max_attempts = j->max_attempts, .fence = j->fence,
-				.agent_id = a->id, .timeout_ms = j->timeout_ms,
-				.ttl_ms = s->cfg.lease_ttl_ms, .name = xstrdup(j->name)};
+	*c = lc;
+	c->name = xstrdup(j->name);
 	if (r->ctx_free)
 		r->ctx_free(r->ctx);
 	r->ctx = c;
 	r->ctx_free = lease_ctx_free;
-	r->mut = (struct store_mut){.kind = STORE_JOB_LEASE,
-				    .lease = {.job_id = j->id, .fence = j->fence,
-					      .attempt = j->attempt, .agent_id = a->id,
-					      .now = proto_now_ms()},
-				    .done = lease_done,
-				    .userdata = r};
-	log_debug("lease granted job=%" PRId64 " agent=%s fence=%" PRId64 " attempt=%" PRId64,
-		  j->id, a->name, j->fence, j->attempt);
+	r->mut = lm;
+	r->mut.done = lease_done;
+	r->mut.userdata = r;
 	store_submit(s->store, &r->mut);
 }
 
@@ -890,8 +971,15 @@ int sched_load(struct server *s, struct kiln_err *err)
 		return kiln_err_set(err, r, "cannot load the state from the store: %s",
 				    strerror(-r));
 	s->next_job_id = info.max_job_id + 1;
-	s->next_fence = info.max_fence + 1;
+	s->next_fence = MAX(info.max_fence, info.fence_reserved) + 1;
 	s->next_agent_id = info.max_agent_id + 1;
+	/* Reserve the first block of fences before any lease is handed out. */
+	struct store_mut m = {.kind = STORE_FENCE_RESERVE,
+			      .fence_reserve = {s->next_fence + FENCE_BLOCK - 1}};
+	r = store_apply_wait(s->store, &m);
+	if (r < 0)
+		return kiln_err_set(err, r, "cannot reserve fences in the store: %s", strerror(-r));
+	s->fence_durable = s->fence_target = m.fence_reserve.upto;
 	log_info("state loaded jobs=%zu agents=%zu ms=%" PRIu64, info.n_jobs, info.n_agents,
 		 (uint64_t)((now_mono_ns() - t0) / NSEC_PER_MSEC));
 	return 0;

@@ -184,6 +184,7 @@ struct sjob {
 	struct sjob *hnext;        /* id hash chain */
 	struct sjob *aprev, *anext; /* server.active list */
 	struct joblog *log;        /* open log of the current attempt */
+	uint64_t insert_seq;       /* store sequence of its insert (0: durable at load) */
 };
 
 /* A lease the server took back (cancel, timeout, expiry) that the agent may
@@ -259,6 +260,11 @@ struct server {
 	struct sclass *classes;
 	struct sagent *agents;
 	int64_t next_job_id, next_fence, next_agent_id;
+	/* Fences up to fence_durable are reserved in the store: a lease with
+	 * such a fence can be handed out before its own commit, because no
+	 * later run can reuse the fence (docs/decisions: fence reservation). */
+	int64_t fence_durable, fence_target;
+	bool fence_reserving;
 	struct req *waiters_head, *waiters_tail;
 	struct req *hb_head, *hb_tail; /* parked heartbeats */
 	struct follower *followers;
@@ -299,7 +305,7 @@ void sched_release(struct server *s, struct sjob *j, const char *why, bool revok
 /* Gives parked lease requests of agent a a chance at newly fitting work. */
 void sched_kick_agent(struct server *s, struct sagent *a);
 void sched_recheck_classes(struct server *s);
-void sched_fill_overlay(struct server *s, struct proto_job *pj);
+void sched_fill_overlay(struct server *s, struct proto_job *pj, bool with_attempts);
 bool sched_revoked_take(struct sagent *a, int64_t job_id, int64_t fence, const char **reason);
 void sched_agent_to_proto(struct server *s, struct sagent *a, struct proto_agent *ret);
 /* Parks a lease request (or, with r->hb_waiter, a heartbeat) until wait_ms. */

@@ -34,7 +34,7 @@ void server_config_init(struct server_config *c)
 		.header_timeout_ms = 10000,
 		.body_timeout_ms = 30000,
 		.idle_timeout_s = 60,
-		.threads = 2,
+		.threads = 1,
 	};
 }
 
@@ -102,10 +102,12 @@ void h_readyz(struct req *r)
 		agents++;
 	pthread_mutex_unlock(&s->lock);
 	req_reply_json(r, MHD_HTTP_OK,
-		       json_pack("{s:s,s:s,s:I,s:I,s:I,s:I}", "status", "ready", "store",
+		       json_pack("{s:s,s:s,s:I,s:I,s:I,s:I,s:I,s:f}", "status", "ready", "store",
 				 store_backend(s->store), "jobs_in_memory", (json_int_t)jobs,
 				 "agents", (json_int_t)agents, "commits", (json_int_t)st.batches,
-				 "mutations", (json_int_t)st.mutations));
+				 "mutations", (json_int_t)st.mutations, "max_batch",
+				 (json_int_t)st.max_batch, "commit_ms_mean",
+				 st.batches ? (double)st.commit_ns / 1e6 / (double)st.batches : 0.0));
 }
 
 /* ---- lifecycle ------------------------------------------------------------ */

@@ -34,7 +34,7 @@ struct server_config {
 	unsigned header_timeout_ms;  /* request line + headers must arrive within (10 s) */
 	unsigned body_timeout_ms;    /* a JSON body must arrive within (30 s) */
 	unsigned idle_timeout_s;     /* idle keep-alive connections are closed (60 s) */
-	unsigned threads;            /* HTTP threads (2) */
+	unsigned threads;            /* HTTP threads (1) */
 };
 
 /* Fills the defaults above. */

@@ -8,6 +8,7 @@
 #include "store.h"
 
 #include <pthread.h>
+#include <stdatomic.h>
 
 struct store_ops {
 	const char *name;
@@ -22,6 +23,7 @@ struct store_ops {
 		    void (*on_agent)(void *, const struct proto_agent *), void *ud,
 		    struct store_load_info *ret);
 	int (*job_get)(struct store *s, int64_t id, unsigned flags, struct proto_job *ret);
+	int (*job_spec)(struct store *s, int64_t id, char **ret);
 	int (*job_list)(struct store *s, const struct store_job_filter *f,
 			struct proto_job **ret, size_t *ret_n);
 	int (*artifact_list)(struct store *s, int64_t job_id, struct proto_artifact **ret,
@@ -40,6 +42,8 @@ struct store {
 	bool running;
 	pthread_t thread;
 	struct store_stats stats;
+	uint64_t next_seq;
+	_Atomic uint64_t committed_seq;
 };
 
 /* Backends. */

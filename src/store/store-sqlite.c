@@ -16,6 +16,7 @@
  */
 #include "store-internal.h"
 
+#include <signal.h>
 #include <sqlite3.h>
 
 #define N_READERS 4
@@ -47,6 +48,8 @@ enum {
 	ST_ARTIFACT_LIST,
 	ST_ARTIFACT_GET,
 	ST_BLOB_REF,
+	ST_FENCE_RESERVE,
+	ST_JOB_SPEC,
 	ST_MAX,
 };
 
@@ -102,6 +105,9 @@ static const char *const stmt_sql[ST_MAX] = {
 	[ST_ARTIFACT_GET] = "SELECT path, attempt, sha256, size, created_at FROM artifacts "
 			    "WHERE job_id = ?1 AND path = ?2",
 	[ST_BLOB_REF] = "SELECT 1 FROM artifacts WHERE sha256 = ?1 LIMIT 1",
+	[ST_FENCE_RESERVE] = "INSERT INTO meta (key, value) VALUES ('fence_reserved', ?1) "
+			     "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+	[ST_JOB_SPEC] = "SELECT spec FROM jobs WHERE id = ?1",
 };
 
 static const char schema_sql[] =
@@ -172,6 +178,14 @@ struct sqlite_store {
 	struct store base;
 	char *path;
 	struct conn writer;
+	/* Checkpoints run on their own connection and thread, so a commit
+	 * never waits for one (wal_autocheckpoint is off on the writer). */
+	struct conn ckpt;
+	pthread_t ckpt_thread;
+	pthread_mutex_t ckpt_lock;
+	pthread_cond_t ckpt_cond;
+	bool ckpt_running, ckpt_wanted;
+	int wal_frames;
 	struct conn readers[N_READERS];
 	struct conn *free_readers;
 	pthread_mutex_t rlock;
@@ -275,13 +289,16 @@ static int conn_open(struct conn *c, const char *path, bool writer, bool durable
 	sqlite3_extended_result_codes(c->db, 1);
 	const char *pragmas = writer ? (durable ? "PRAGMA journal_mode = WAL;"
 						  "PRAGMA synchronous = FULL;"
+						  "PRAGMA wal_autocheckpoint = 0;"
 						  "PRAGMA cache_size = -65536;"
 						  "PRAGMA temp_store = MEMORY;"
 						: "PRAGMA journal_mode = WAL;"
 						  "PRAGMA synchronous = NORMAL;"
+						  "PRAGMA wal_autocheckpoint = 0;"
 						  "PRAGMA cache_size = -65536;"
 						  "PRAGMA temp_store = MEMORY;")
 				     : "PRAGMA query_only = 1;"
+				       "PRAGMA synchronous = FULL;"
 				       "PRAGMA cache_size = -16384;";
 	char *msg = NULL;
 	rc = sqlite3_exec(c->db, pragmas, NULL, NULL, &msg);
@@ -556,6 +573,11 @@ static int sq_apply(struct store *s, struct store_mut *m)
 	struct conn *c = &to_sq(s)->writer;
 	if (m->kind == STORE_BARRIER)
 		return 0;
+	if (m->kind == STORE_FENCE_RESERVE) {
+		sqlite3_stmt *st = stmt(c, ST_FENCE_RESERVE);
+		sqlite3_bind_int64(st, 1, m->fence_reserve.upto);
+		return exec_stmt(st);
+	}
 	/* A savepoint per mutation: a refused mutation leaves no partial write
 	 * while the rest of the batch commits. */
 	int r = exec_id(c, ST_SAVEPOINT);
@@ -831,6 +853,24 @@ static int sq_artifact_get(struct store *s, int64_t job_id, const char *path,
 	return r;
 }
 
+static int sq_job_spec(struct store *s, int64_t id, char **ret)
+{
+	struct sqlite_store *q = to_sq(s);
+	struct conn *c = reader_get(q);
+	sqlite3_stmt *st = stmt(c, ST_JOB_SPEC);
+	sqlite3_bind_int64(st, 1, id);
+	int rc = sqlite3_step(st);
+	int r = 0;
+	if (rc == SQLITE_ROW)
+		*ret = xstrdup((const char *)sqlite3_column_text(st, 0));
+	else
+		r = rc == SQLITE_DONE ? -ENOENT : sq_errno(rc);
+	sqlite3_reset(st);
+	sqlite3_clear_bindings(st);
+	reader_put(q, c);
+	return r;
+}
+
 static int sq_blob_referenced(struct store *s, const char *sha256)
 {
 	struct sqlite_store *q = to_sq(s);
@@ -871,6 +911,11 @@ static int sq_load(struct store *s, void (*on_job)(void *, const struct proto_jo
 		r = query_max(c, "SELECT coalesce(max(fence), 0) FROM attempts", &info.max_fence);
 	if (r >= 0)
 		r = query_max(c, "SELECT coalesce(max(id), 0) FROM agents", &info.max_agent_id);
+	if (r >= 0)
+		r = query_max(c,
+			      "SELECT coalesce(max(CAST(value AS INTEGER)), 0) FROM meta "
+			      "WHERE key = 'fence_reserved'",
+			      &info.fence_reserved);
 
 	sqlite3_stmt *st = NULL;
 	if (r >= 0)
@@ -922,11 +967,74 @@ static int sq_load(struct store *s, void (*on_job)(void *, const struct proto_jo
 	return 0;
 }
 
+/* ---- checkpoints ---------------------------------------------------------- */
+
+#define CKPT_FRAMES 1000     /* checkpoint once the WAL has this many frames */
+#define CKPT_TRUNCATE 65536  /* past this many, wait for a full one (bounds the WAL) */
+
+/* Writer thread, after each commit. */
+static int wal_hook(void *ud, sqlite3 *db, const char *name, int frames)
+{
+	(void)db;
+	(void)name;
+	struct sqlite_store *q = ud;
+	if (frames >= CKPT_FRAMES) {
+		pthread_mutex_lock(&q->ckpt_lock);
+		q->wal_frames = frames;
+		if (!q->ckpt_wanted) {
+			q->ckpt_wanted = true;
+			pthread_cond_signal(&q->ckpt_cond);
+		}
+		pthread_mutex_unlock(&q->ckpt_lock);
+	}
+	return SQLITE_OK;
+}
+
+static void *ckpt_main(void *p)
+{
+	struct sqlite_store *q = p;
+	sigset_t all;
+	sigfillset(&all);
+	pthread_sigmask(SIG_BLOCK, &all, NULL);
+	pthread_mutex_lock(&q->ckpt_lock);
+	while (q->ckpt_running) {
+		if (!q->ckpt_wanted) {
+			pthread_cond_wait(&q->ckpt_cond, &q->ckpt_lock);
+			continue;
+		}
+		q->ckpt_wanted = false;
+		int frames = q->wal_frames;
+		pthread_mutex_unlock(&q->ckpt_lock);
+		int log = 0, done = 0;
+		/* PASSIVE never blocks the writer; a WAL that keeps growing under
+		 * load gets a TRUNCATE, which waits for the writer between two
+		 * commits and starts the WAL afresh. */
+		int mode = frames >= CKPT_TRUNCATE ? SQLITE_CHECKPOINT_TRUNCATE
+						   : SQLITE_CHECKPOINT_PASSIVE;
+		int rc = sqlite3_wal_checkpoint_v2(q->ckpt.db, "main", mode, &log, &done);
+		if (rc != SQLITE_OK && rc != SQLITE_BUSY)
+			log_warn("sqlite checkpoint failed error=\"%s\"", sqlite3_errmsg(q->ckpt.db));
+		pthread_mutex_lock(&q->ckpt_lock);
+	}
+	pthread_mutex_unlock(&q->ckpt_lock);
+	return NULL;
+}
+
 /* ---- open/close ----------------------------------------------------------- */
 
 static void sq_close(struct store *s)
 {
 	struct sqlite_store *q = to_sq(s);
+	if (q->ckpt_running) {
+		pthread_mutex_lock(&q->ckpt_lock);
+		q->ckpt_running = false;
+		pthread_cond_signal(&q->ckpt_cond);
+		pthread_mutex_unlock(&q->ckpt_lock);
+		pthread_join(q->ckpt_thread, NULL);
+	}
+	conn_close(&q->ckpt);
+	pthread_mutex_destroy(&q->ckpt_lock);
+	pthread_cond_destroy(&q->ckpt_cond);
 	for (int i = 0; i < N_READERS; i++)
 		conn_close(&q->readers[i]);
 	conn_close(&q->writer);
@@ -944,6 +1052,7 @@ static const struct store_ops sqlite_ops = {
 	.commit = sq_commit,
 	.load = sq_load,
 	.job_get = sq_job_get,
+	.job_spec = sq_job_spec,
 	.job_list = sq_job_list,
 	.artifact_list = sq_artifact_list,
 	.artifact_get = sq_artifact_get,
@@ -960,6 +1069,8 @@ int store_sqlite_open(const char *path, const struct store_options *o, struct st
 	q->path = xstrdup(path);
 	pthread_mutex_init(&q->rlock, NULL);
 	pthread_cond_init(&q->rcond, NULL);
+	pthread_mutex_init(&q->ckpt_lock, NULL);
+	pthread_cond_init(&q->ckpt_cond, NULL);
 	int r = conn_open(&q->writer, path, true, o->durable, err);
 	if (r >= 0)
 		r = create_schema(&q->writer, path, err);
@@ -967,6 +1078,19 @@ int store_sqlite_open(const char *path, const struct store_options *o, struct st
 		r = conn_open(&q->readers[i], path, false, o->durable, err);
 		q->readers[i].next_free = q->free_readers;
 		q->free_readers = &q->readers[i];
+	}
+	if (r >= 0)
+		r = conn_open(&q->ckpt, path, false, o->durable, err);
+	if (r >= 0) {
+		/* The checkpointer writes the database file: not query_only. */
+		sqlite3_exec(q->ckpt.db, "PRAGMA query_only = 0", NULL, NULL, NULL);
+		sqlite3_wal_hook(q->writer.db, wal_hook, q);
+		q->ckpt_running = true;
+		r = -pthread_create(&q->ckpt_thread, NULL, ckpt_main, q);
+		if (r < 0) {
+			q->ckpt_running = false;
+			kiln_err_set(err, r, "cannot start the checkpoint thread");
+		}
 	}
 	if (r < 0) {
 		sq_close(&q->base);

@@ -12,6 +12,7 @@
 #include "store-internal.h"
 
 #include <signal.h>
+#include <stdatomic.h>
 
 void store_options_init(struct store_options *o)
 {
@@ -49,8 +50,9 @@ static void *writer_main(void *p)
 		int r = s->ops->begin(s);
 		if (r < 0)
 			store_fatal(r, "begin");
-		uint64_t n = 0;
+		uint64_t n = 0, last_seq = 0;
 		for (struct store_mut *m = batch; m; m = m->next, n++) {
+			last_seq = m->seq;
 			r = s->ops->apply(s, m);
 			if (r < 0 && r != -ESTALE && r != -ENOENT)
 				store_fatal(r, "apply");
@@ -61,6 +63,7 @@ static void *writer_main(void *p)
 		if (r < 0)
 			store_fatal(r, "commit");
 		uint64_t dt = now_mono_ns() - t0;
+		atomic_store(&s->committed_seq, last_seq);
 
 		pthread_mutex_lock(&s->lock);
 		s->stats.batches++;
@@ -134,16 +137,20 @@ void store_close(struct store *s)
 
 const char *store_backend(const struct store *s) { return s->ops->name; }
 
-void store_submit(struct store *s, struct store_mut *m)
+uint64_t store_committed_seq(struct store *s) { return atomic_load(&s->committed_seq); }
+
+uint64_t store_submit(struct store *s, struct store_mut *m)
 {
 	m->next = NULL;
 	pthread_mutex_lock(&s->lock);
+	uint64_t seq = m->seq = ++s->next_seq;
 	bool wake = !s->head;
 	*s->tail = m;
 	s->tail = &m->next;
 	if (wake)
 		pthread_cond_signal(&s->cond);
 	pthread_mutex_unlock(&s->lock);
+	return seq;
 }
 
 struct waiter {
@@ -193,6 +200,11 @@ int store_load(struct store *s, void (*on_job)(void *ud, const struct proto_job 
 	       struct store_load_info *ret)
 {
 	return s->ops->load(s, on_job, on_agent, ud, ret);
+}
+
+int store_job_spec(struct store *s, int64_t id, char **ret)
+{
+	return s->ops->job_spec(s, id, ret);
 }
 
 int store_job_get(struct store *s, int64_t id, unsigned flags, struct proto_job *ret)

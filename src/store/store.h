@@ -78,6 +78,7 @@ enum store_mut_kind {
 	STORE_AGENT_DRAIN,  /* set or clear draining */
 	STORE_ARTIFACT_PUT, /* add (or replace) an artifact of an active job (fence) */
 	STORE_BARRIER,      /* nothing: done runs after everything queued before it */
+	STORE_FENCE_RESERVE, /* record that fences up to `fence_upto` may be handed out */
 };
 
 struct store_mut {
@@ -125,6 +126,9 @@ struct store_mut {
 			bool draining;
 		} drain;
 		struct {
+			int64_t upto;
+		} fence_reserve;
+		struct {
 			int64_t job_id, fence, attempt;
 			const char *path;
 			const char *sha256;
@@ -142,11 +146,18 @@ struct store_mut {
 	/* Called on the writer thread after the commit; may free `m`. */
 	void (*done)(struct store_mut *m, void *userdata);
 	void *userdata;
+	uint64_t seq;           /* set by store_submit: 1, 2, 3... in queue order */
 	struct store_mut *next; /* the writer's queue */
 };
 
-/* Queues m (the caller keeps m and what it points to alive until done). */
-void store_submit(struct store *s, struct store_mut *m);
+/*
+ * Queues m (the caller keeps m and what it points to alive until done) and
+ * returns its sequence number: m is durable once store_committed_seq()
+ * reaches it.
+ */
+uint64_t store_submit(struct store *s, struct store_mut *m);
+/* The sequence number of the last mutation committed (any thread). */
+uint64_t store_committed_seq(struct store *s);
 /* Queues m and waits for its commit; returns m->result. Not from `done`. */
 int store_apply_wait(struct store *s, struct store_mut *m);
 
@@ -164,6 +175,7 @@ struct store_load_info {
 	int64_t max_job_id;
 	int64_t max_fence;
 	int64_t max_agent_id;
+	int64_t fence_reserved; /* the last STORE_FENCE_RESERVE committed (0 if none) */
 	size_t n_jobs;
 	size_t n_agents;
 };
@@ -176,6 +188,9 @@ struct store_load_info {
 int store_load(struct store *s, void (*on_job)(void *ud, const struct proto_job *j),
 	       void (*on_agent)(void *ud, const struct proto_agent *a), void *ud,
 	       struct store_load_info *ret);
+
+/* The stored spec JSON of a job (the caller frees); -ENOENT if unknown. */
+int store_job_spec(struct store *s, int64_t id, char **ret);
 
 /* -ENOENT if unknown. flags: PROTO_JOB_SPEC, PROTO_JOB_ATTEMPTS. */
 int store_job_get(struct store *s, int64_t id, unsigned flags, struct proto_job *ret);
