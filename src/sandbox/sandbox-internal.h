@@ -141,18 +141,20 @@ extern const size_t sandbox_kept_caps_count;
 char *sandbox_state_dir_default(void);
 
 struct state_entry {
-	char *dir;     /* <state>/<id> */
-	int lock_fd;   /* flock(LOCK_EX) held while the sandbox lives */
+	char *path;  /* <state>/<id> */
+	char *stage; /* where the writable layer goes: the state dir (a tmpfs is
+		      * mounted over it inside the sandbox), or <id>.kept */
+	int lock_fd; /* flock(LOCK_EX) held while the sandbox lives */
 };
 
 /*
- * Creates <state>/<id> with a held lock and an "info" file listing the
- * cgroup directories (written before they exist, so a crash in between
- * still leaves a record), and the stage directory owned by uid:gid.
+ * Creates the locked entry <state>/<id> listing the cgroup directories
+ * (written before they exist, so a crash in between still leaves a
+ * record), and with keep the directory <id>.kept owned by uid:gid.
  */
 int state_entry_create(const char *state_dir, const char *id, const struct cg_sandbox *cg,
 		       bool keep, uid_t uid, gid_t gid, struct state_entry *ret, struct kiln_err *err);
-/* Removes the entry (or, with keep, marks it kept and releases the lock). */
+/* Removes the entry (a kept layer stays). */
 int state_entry_remove(struct state_entry *e, bool keep);
 
 /* ---- the child: set-up inside the new namespaces (child.c) --------------- */

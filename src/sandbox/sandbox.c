@@ -988,7 +988,7 @@ int sandbox_create(const struct sandbox_config *cfg, struct sandbox **ret, struc
 			       gowner, &sb->st, err);
 	if (r < 0)
 		goto fail;
-	snprintf(plan->stage, sizeof(plan->stage), "%s/stage", sb->st.dir);
+	snprintf(plan->stage, sizeof(plan->stage), "%s", sb->st.stage);
 	if (cfg->keep)
 		sb->upper_dir = xasprintf("%s/up", plan->stage);
 	r = create_cgroup(sb, cfg, true, err);

@@ -2,21 +2,24 @@
  * state: the per-sandbox entries in the state directory and the cleanup of
  * what dead kiln processes left behind.
  *
- * Layout (0700 directories: the sandbox's set-up opens its stage while it
- * still has the host's uid, and uses the fd afterwards):
+ * Layout (the state dir is 0700):
  *
- *   <state>/<id>/lock    flock(LOCK_EX) held by the owning process (CLOEXEC fd)
- *   <state>/<id>/info    "cgroup v1|v2 PATH" lines, written before the
- *                        directories are created
- *   <state>/<id>/stage   mount point of the writable layer (tmpfs, mounted
- *                        only inside the sandbox's mount namespace) or,
- *                        with keep, the layer itself on disk
- *   <state>/<id>/kept    present when the layer was kept on purpose
+ *   <state>/<id>        one file per live sandbox: flock(LOCK_EX) held by the
+ *                       owning process (CLOEXEC fd), content "kiln-sandbox 1"
+ *                       then "cgroup v1|v2 PATH" lines, written before the
+ *                       directories are created
+ *   <state>/<id>.kept/  the writable layer of a --keep sandbox (on disk)
+ *
+ * One inode per sandbox: creating and deleting inodes on ext4 is what the
+ * state dir costs (the inode allocator scans for recently deleted ones).
+ * Without --keep the writable layer is a tmpfs that the sandbox mounts over
+ * the state dir itself, inside its own mount namespace.
  *
  * Nothing is ever mounted on the host: all of a sandbox's mounts live in its
- * own mount namespace and vanish with it. So a leftover is at most a
- * directory tree and cgroups, both removable by the next start: an entry
- * whose lock can be taken belongs to a dead process.
+ * own mount namespace and vanish with it. So a leftover is at most a file
+ * and cgroups, both removable by the next start: an entry whose lock can be
+ * taken belongs to a dead process. Entries are written as ".new-<id>" and
+ * renamed once locked, so the cleanup never sees a live entry unlocked.
  */
 #include "sandbox-internal.h"
 
@@ -36,90 +39,56 @@ char *sandbox_state_dir_default(void)
 	return xasprintf("/tmp/kiln-%u/sandbox", (unsigned)geteuid());
 }
 
-static int write_info(int dfd, const struct cg_sandbox *cg)
+int state_entry_create(const char *state_dir, const char *id, const struct cg_sandbox *cg,
+		       bool keep, uid_t uid, gid_t gid, struct state_entry *ret, struct kiln_err *err)
 {
+	_cleanup_free_ char *path = path_join(state_dir, id);
+	_cleanup_free_ char *tmp_name = xasprintf(".new-%s", id);
+	_cleanup_free_ char *tmp = path_join(state_dir, tmp_name);
+	_cleanup_free_ char *kept = keep ? xasprintf("%s.kept", path) : NULL;
+	int fd = open(tmp, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
+	if (fd < 0)
+		return kiln_err_set(err, -errno, "cannot create state entry '%s': %s", tmp,
+				    strerror(errno));
 	struct buf b = BUF_INIT;
 	buf_puts(&b, "kiln-sandbox 1\n");
 	for (size_t i = 0; cg && i < cg->n; i++)
 		buf_printf(&b, "cgroup %s %s\n", cg->dir[i].v2 ? "v2" : "v1", cg->dir[i].path);
-	int fd = openat(dfd, "info", O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
-	int r = fd < 0 ? -errno : write_all(fd, b.data, b.len);
-	if (fd >= 0)
-		close(fd);
+	int r = flock(fd, LOCK_EX | LOCK_NB) < 0 ? -errno : write_all(fd, b.data, b.len);
 	buf_release(&b);
-	return r;
-}
-
-int state_entry_create(const char *state_dir, const char *id, const struct cg_sandbox *cg,
-		       bool keep, uid_t uid, gid_t gid, struct state_entry *ret, struct kiln_err *err)
-{
-	/* Built under a name the cleanup ignores, then renamed: the cleanup
-	 * must never see an entry whose lock is not held yet. */
-	_cleanup_free_ char *dir = path_join(state_dir, id);
-	_cleanup_free_ char *tmp_name = xasprintf(".new-%s", id);
-	_cleanup_free_ char *tmp = path_join(state_dir, tmp_name);
-	if (mkdir(tmp, 0700) < 0)
-		return kiln_err_set(err, -errno, "cannot create state directory '%s': %s", tmp,
-				    strerror(errno));
-	int r;
-	_cleanup_close_ int dfd = open(tmp, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-	int lock = -1;
-	if (dfd < 0) {
-		r = -errno;
-		goto fail;
+	if (r >= 0 && kept) {
+		/* The kept layer, owned by the sandbox's root. */
+		if (mkdir(kept, 0700) < 0 ||
+		    (geteuid() == 0 && chown(kept, uid, gid) < 0))
+			r = -errno;
 	}
-	lock = openat(dfd, "lock", O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
-	if (lock < 0 || flock(lock, LOCK_EX | LOCK_NB) < 0) {
+	if (r >= 0 && rename(tmp, path) < 0)
 		r = -errno;
-		goto fail;
+	if (r < 0) {
+		close(fd);
+		(void)unlink(tmp);
+		if (kept)
+			(void)rmdir(kept);
+		return kiln_err_set(err, r, "cannot set up state entry '%s': %s", path, strerror(-r));
 	}
-	r = write_info(dfd, cg);
-	if (r < 0)
-		goto fail;
-	if (mkdirat(dfd, "stage", 0700) < 0) {
-		r = -errno;
-		goto fail;
-	}
-	/* The sandbox's root (uid 0 inside) owns its stage. */
-	if (geteuid() == 0 && fchownat(dfd, "stage", uid, gid, AT_SYMLINK_NOFOLLOW) < 0) {
-		r = -errno;
-		goto fail;
-	}
-	(void)keep;
-	if (rename(tmp, dir) < 0) {
-		r = -errno;
-		goto fail;
-	}
-	ret->dir = TAKE_PTR(dir);
-	ret->lock_fd = lock;
+	ret->path = TAKE_PTR(path);
+	ret->stage = keep ? TAKE_PTR(kept) : xstrdup(state_dir);
+	ret->lock_fd = fd;
 	return 0;
-fail:
-	if (lock >= 0)
-		close(lock);
-	(void)rm_rf(tmp);
-	return kiln_err_set(err, r, "cannot set up state directory '%s': %s", tmp, strerror(-r));
 }
 
 int state_entry_remove(struct state_entry *e, bool keep)
 {
-	if (!e->dir)
-		return 0;
+	(void)keep; /* a kept layer stays in <id>.kept */
 	int r = 0;
-	if (keep) {
-		_cleanup_free_ char *marker = path_join(e->dir, "kept");
-		int fd = open(marker, O_WRONLY | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
-		if (fd < 0)
-			r = -errno;
-		else
-			close(fd);
-	} else {
-		r = rm_rf(e->dir);
-	}
+	if (e->path && unlink(e->path) < 0 && errno != ENOENT)
+		r = -errno;
 	if (e->lock_fd >= 0)
 		close(e->lock_fd);
 	e->lock_fd = -1;
-	free(e->dir);
-	e->dir = NULL;
+	free(e->path);
+	free(e->stage);
+	e->path = e->stage = NULL;
 	return r;
 }
 
@@ -143,48 +112,40 @@ static bool valid_id(const char *name)
 	return true;
 }
 
-/* Removes one dead entry: its cgroups, then the directory. */
-static int cleanup_entry(int sfd, const char *state_dir, const char *id, const char *cgroup_root)
+/* Removes one dead entry: its cgroups, then the file. Returns 1 if removed. */
+static int cleanup_entry(int sfd, const char *id, const char *cgroup_root)
 {
-	_cleanup_free_ char *dir = path_join(state_dir, id);
-	_cleanup_close_ int dfd = openat(sfd, id, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-	if (dfd < 0)
+	_cleanup_close_ int fd = openat(sfd, id, O_RDWR | O_CLOEXEC | O_NOFOLLOW);
+	if (fd < 0)
 		return errno == ENOENT ? 0 : -errno;
-	if (faccessat(dfd, "kept", F_OK, AT_SYMLINK_NOFOLLOW) == 0)
+	struct stat st;
+	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode))
 		return 0;
-	_cleanup_close_ int lock = openat(dfd, "lock", O_RDWR | O_CLOEXEC | O_NOFOLLOW);
-	if (lock >= 0) {
-		if (flock(lock, LOCK_EX | LOCK_NB) < 0)
-			return 0; /* alive */
-	} else {
-		/* No lock yet: being created, or died right after mkdir. */
-		struct stat st;
-		if (fstat(dfd, &st) < 0 || (time_t)st.st_mtime > time(NULL) - 60)
-			return 0;
-	}
-	int r = 0;
+	if (flock(fd, LOCK_EX | LOCK_NB) < 0)
+		return 0; /* alive */
 	struct buf info = BUF_INIT;
-	_cleanup_free_ char *info_path = path_join(dir, "info");
-	if (read_file(info_path, 1 << 16, &info) >= 0) {
-		for (char *line = info.data; line && *line;) {
-			char *eol = strchr(line, '\n');
-			if (eol)
-				*eol = '\0';
-			bool v2 = startswith(line, "cgroup v2 ");
-			if ((v2 || startswith(line, "cgroup v1 ")) && cgroup_path_ok(line + 10, id) &&
-			    (!cgroup_root || startswith(line + 10, cgroup_root))) {
-				int c = cg_dir_kill_and_remove(line + 10, v2);
-				if (c < 0 && r == 0)
-					r = c;
-			}
-			line = eol ? eol + 1 : NULL;
-		}
-		buf_release(&info);
-	}
+	int r = read_fd_all(fd, 1 << 16, &info);
 	if (r < 0)
 		return r;
-	r = rm_rf(dir);
-	return r < 0 ? r : 1;
+	for (char *line = info.data; line && *line;) {
+		char *eol = strchr(line, '\n');
+		if (eol)
+			*eol = '\0';
+		bool v2 = startswith(line, "cgroup v2 ");
+		if ((v2 || startswith(line, "cgroup v1 ")) && cgroup_path_ok(line + 10, id) &&
+		    (!cgroup_root || startswith(line + 10, cgroup_root))) {
+			int c = cg_dir_kill_and_remove(line + 10, v2);
+			if (c < 0 && r == 0)
+				r = c;
+		}
+		line = eol ? eol + 1 : NULL;
+	}
+	buf_release(&info);
+	if (r < 0)
+		return r;
+	if (unlinkat(sfd, id, 0) < 0 && errno != ENOENT)
+		return -errno;
+	return 1;
 }
 
 int sandbox_cleanup_leftovers(const char *state_dir, const char *cgroup_root)
@@ -208,16 +169,14 @@ int sandbox_cleanup_leftovers(const char *state_dir, const char *cgroup_root)
 			/* A creation that died before its rename (no cgroups yet). */
 			struct stat st;
 			if (fstatat(dirfd(d), de->d_name, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
-			    (time_t)st.st_mtime < time(NULL) - 60) {
-				_cleanup_free_ char *p = path_join(state_dir, de->d_name);
-				if (rm_rf(p) >= 0)
-					removed++;
-			}
+			    (time_t)st.st_mtime < time(NULL) - 60 &&
+			    unlinkat(dirfd(d), de->d_name, 0) == 0)
+				removed++;
 			continue;
 		}
 		if (!valid_id(de->d_name))
-			continue;
-		int r = cleanup_entry(dirfd(d), state_dir, de->d_name, cgroup_root);
+			continue; /* <id>.kept and anything else stay */
+		int r = cleanup_entry(dirfd(d), de->d_name, cgroup_root);
 		if (r > 0)
 			removed++;
 		else if (r < 0 && ret == 0)
