@@ -42,40 +42,6 @@
 #include <sys/syscall.h>
 #include <sys/sysmacros.h>
 
-/* /etc entries hidden in host mode (whiteouts in a lower layer above /etc). */
-static const char *const etc_hidden[] = {
-	"shadow",
-	"shadow-",
-	"gshadow",
-	"gshadow-",
-	"sudoers",
-	"sudoers.d",
-	"ssh",
-	"ssl/private",
-	"pki",
-	"kiln",
-	"krb5.keytab",
-	"security/opasswd",
-	"credstore",
-	"credstore.encrypted",
-	"NetworkManager/system-connections",
-	"wpa_supplicant",
-	"ipsec.secrets",
-	"ipsec.d",
-	"ppp",
-	"docker",
-	"containerd",
-	"libvirt",
-	"letsencrypt",
-	"openvpn",
-	"wireguard",
-	"netplan",
-	"subuid",
-	"subuid-",
-	"subgid",
-	"subgid-",
-};
-
 /* Files in /proc replaced by /dev/null, directories by an empty read-only
  * tmpfs, and directories made read-only (as OCI runtimes do). */
 static const char *const proc_masked[] = {
@@ -96,6 +62,8 @@ struct child {
 	bool have_trees;
 	bool idmap;
 	char stage[40]; /* "/proc/self/fd/<stagefd>" */
+	int mask_tree;  /* the /etc mask as a tree from the parent (root mode) */
+	int maskfd;     /* the /etc mask opened by us (rootless) */
 	struct sb_finish fin;
 	struct sock_fprog prog;
 	int tasks[CG_MAX_V1];
@@ -386,7 +354,7 @@ static void wait_finish(struct child *c)
 static void wait_go(struct child *c)
 {
 	struct sb_go go;
-	char cbuf[CMSG_SPACE(sizeof(int) * (SB_MAX_LOWERS + SB_MAX_MOUNTS))];
+	char cbuf[CMSG_SPACE(sizeof(int) * (SB_MAX_LOWERS + SB_MAX_MOUNTS + 1))];
 	struct iovec iov = {.iov_base = &go, .iov_len = sizeof(go)};
 	struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf,
 			    .msg_controllen = sizeof(cbuf)};
@@ -399,7 +367,7 @@ static void wait_go(struct child *c)
 	if (n != (ssize_t)sizeof(go))
 		fail(c, SB_STEP_SYNC, n < 0 ? errno : EPROTO, "receive GO", NULL);
 	c->idmap = go.idmap != 0;
-	size_t want = c->p->n_lowers + c->p->n_mounts;
+	size_t want = c->p->n_lowers + c->p->n_mounts + (c->p->etc_mask[0] ? 1 : 0);
 	struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
 	if (go.n_fds) {
 		if (go.n_fds != want || !cm || cm->cmsg_type != SCM_RIGHTS ||
@@ -410,7 +378,10 @@ static void wait_go(struct child *c)
 			int fd = -1;
 			for (size_t b = 0; b < sizeof(int); b++)
 				((unsigned char *)&fd)[b] = data[k * sizeof(int) + b];
-			c->trees[k] = fd;
+			if (k < c->p->n_lowers + c->p->n_mounts)
+				c->trees[k] = fd;
+			else
+				c->mask_tree = fd;
 		}
 		c->have_trees = true;
 	}
@@ -427,6 +398,13 @@ static void make_private(struct child *c)
 	c->stagefd = open(c->p->stage, O_PATH | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
 	if (c->stagefd < 0)
 		fail(c, SB_STEP_STAGE, errno, "open ", c->p->stage);
+	/* Rootless, the /etc mask lives in the state dir, which the stage
+	 * tmpfs is about to cover: keep an fd. */
+	if (c->p->etc_mask[0] && !c->have_trees) {
+		c->maskfd = open(c->p->etc_mask, O_PATH | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
+		if (c->maskfd < 0)
+			fail(c, SB_STEP_STAGE, errno, "open ", c->p->etc_mask);
+	}
 }
 
 static void join_cgroups(struct child *c)
@@ -477,39 +455,11 @@ static void make_stage(struct child *c)
 	static const struct {
 		const char *name;
 		mode_t mode;
-	} dirs[] = {{"root", 0755}, {"up", 0755}, {"wk", 0755},    {"lower", 0755},
-		    {"wh", 0755},   {"tmp", 01777}, {"shm", 01777}};
+	} dirs[] = {{"root", 0755}, {"up", 0755},   {"wk", 0755},
+		    {"lower", 0755}, {"tmp", 01777}, {"shm", 01777}};
 	for (size_t i = 0; i < ARRAY_SIZE(dirs); i++)
 		if (mkdirat(c->stagefd, dirs[i].name, dirs[i].mode) < 0 && errno != EEXIST)
 			fail(c, SB_STEP_STAGE, errno, "mkdir ", dirs[i].name);
-}
-
-/* Creates whiteouts hiding the secrets of /etc in stage/wh/<name>. */
-static void make_etc_whiteouts(struct child *c, const char *name)
-{
-	char dir[PATH_MAX] = "wh/";
-	s_cat(dir, sizeof(dir), name);
-	if (mkdirat(c->stagefd, dir, 0755) < 0 && errno != EEXIST)
-		fail(c, SB_STEP_OVERLAY, errno, "mkdir ", dir);
-	int wfd = openat(c->stagefd, dir, O_PATH | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
-	if (wfd < 0)
-		fail(c, SB_STEP_OVERLAY, errno, "open ", dir);
-	for (size_t i = 0; i < ARRAY_SIZE(etc_hidden); i++) {
-		const char *e = etc_hidden[i];
-		/* A nested entry: create its parent directories first. */
-		char parent[128];
-		for (size_t k = 0; e[k]; k++)
-			if (e[k] == '/') {
-				for (size_t j = 0; j < k; j++)
-					parent[j] = e[j];
-				parent[k] = '\0';
-				if (mkdirat(wfd, parent, 0755) < 0 && errno != EEXIST)
-					fail(c, SB_STEP_OVERLAY, errno, "mkdir ", parent);
-			}
-		if (mknodat(wfd, e, S_IFCHR | 0, makedev(0, 0)) < 0 && errno != EEXIST)
-			fail(c, SB_STEP_OVERLAY, errno, "whiteout /etc/", e);
-	}
-	close(wfd);
 }
 
 /* Mounts an overlay of lower i at `target` (a dir fd in the root, or the
@@ -528,11 +478,20 @@ static void mount_lower(struct child *c, size_t i, int target_fd, const char *ta
 
 	char lowerdir[2 * PATH_MAX + 2] = "";
 	if (l->mask_etc) {
-		make_etc_whiteouts(c, name);
-		s_set(lowerdir, sizeof(lowerdir), c->stage);
-		s_cat(lowerdir, sizeof(lowerdir), "/wh/");
-		s_cat(lowerdir, sizeof(lowerdir), name);
-		s_cat(lowerdir, sizeof(lowerdir), ":");
+		/* The whiteouts hiding /etc's secrets: a layer above it. */
+		if (c->mask_tree >= 0) {
+			if (mkdirat(c->stagefd, "lower/_etcmask", 0755) < 0 && errno != EEXIST)
+				fail(c, SB_STEP_LOWER, errno, "mkdir lower/_etcmask", NULL);
+			attach(c, c->mask_tree, c->stagefd, "lower/_etcmask", SB_STEP_LOWER,
+			       "/etc mask");
+			c->mask_tree = -1;
+			s_set(lowerdir, sizeof(lowerdir), c->stage);
+			s_cat(lowerdir, sizeof(lowerdir), "/lower/_etcmask:");
+		} else {
+			s_set(lowerdir, sizeof(lowerdir), "/proc/self/fd/");
+			s_utoa(lowerdir + s_len(lowerdir), (unsigned long long)c->maskfd);
+			s_cat(lowerdir, sizeof(lowerdir), ":");
+		}
 	}
 	if (c->have_trees) {
 		/* The parent's (idmapped) tree, attached under the stage. */
@@ -847,7 +806,7 @@ void sb_child_main(const struct sb_plan *plan)
 	static struct child c;
 	c.p = plan;
 	c.sock = plan->sock;
-	c.stagefd = c.rootfd = c.init_fd = -1;
+	c.stagefd = c.rootfd = c.init_fd = c.mask_tree = c.maskfd = -1;
 	close_inherited(&c);
 	wait_go(&c);
 	make_private(&c);

@@ -157,6 +157,16 @@ int state_entry_create(const char *state_dir, const char *id, const struct cg_sa
 /* Removes the entry (a kept layer stays). */
 int state_entry_remove(struct state_entry *e, bool keep);
 
+/* The /etc entries host mode hides. */
+extern const char *const sandbox_etc_hidden[];
+extern const size_t sandbox_etc_hidden_count;
+/*
+ * Returns (creating it once, atomically) <state>/.etc-mask-<hash>: a
+ * directory of overlay whiteouts for sandbox_etc_hidden, the hash naming
+ * the list. The caller frees *ret.
+ */
+int state_etc_mask(const char *state_dir, char **ret, struct kiln_err *err);
+
 /* ---- the child: set-up inside the new namespaces (child.c) --------------- */
 
 #define SB_MAX_LOWERS 10
@@ -206,6 +216,7 @@ struct sb_plan {
 	struct sb_link links[SB_MAX_LINKS];
 	size_t n_mounts;
 	struct sb_mount mounts[SB_MAX_MOUNTS];
+	char etc_mask[PATH_MAX]; /* host mode: the cached /etc whiteout layer */
 	bool rootless;
 	bool new_net; /* clone3 made the netns: the child brings loopback up */
 	char hostname[65];
@@ -214,8 +225,8 @@ struct sb_plan {
 };
 
 /* What the parent sends when the maps are written ("GO"). In root mode the
- * detached trees follow as SCM_RIGHTS, lowers first, then mounts (idmapped
- * when idmap is set); rootless, there are none. */
+ * detached trees follow as SCM_RIGHTS: lowers, then mounts (idmapped when
+ * idmap is set), then the /etc mask; rootless, there are none. */
 struct sb_go {
 	uint32_t idmap;
 	uint32_t n_fds;

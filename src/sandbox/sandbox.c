@@ -431,11 +431,14 @@ static int make_trees(const struct sb_plan *plan, pid_t pid, int *trees, bool *r
 		return kiln_err_set(err, -errno, "open '%s': %s", path, strerror(errno));
 	size_t n = 0;
 	bool idmap = true;
-	size_t total = plan->n_lowers + plan->n_mounts;
+	size_t total = plan->n_lowers + plan->n_mounts + (plan->etc_mask[0] ? 1 : 0);
 	for (size_t i = 0; i < total; i++) {
 		bool lower = i < plan->n_lowers;
-		const char *src = lower ? plan->lowers[i].src : plan->mounts[i - plan->n_lowers].src;
-		bool ro = lower || plan->mounts[i - plan->n_lowers].ro;
+		bool mount = !lower && i < plan->n_lowers + plan->n_mounts;
+		const char *src = lower ? plan->lowers[i].src
+				  : mount ? plan->mounts[i - plan->n_lowers].src
+					  : plan->etc_mask;
+		bool ro = !mount || plan->mounts[i - plan->n_lowers].ro;
 		int t = open_tree(AT_FDCWD, src, OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC);
 		if (t < 0) {
 			int r = -errno;
@@ -489,7 +492,7 @@ static int send_go(int sock, bool idmap, const int *fds, size_t n)
 {
 	struct sb_go go = {.idmap = idmap, .n_fds = (uint32_t)n};
 	struct iovec iov = {.iov_base = &go, .iov_len = sizeof(go)};
-	char cbuf[CMSG_SPACE(sizeof(int) * (SB_MAX_LOWERS + SB_MAX_MOUNTS))];
+	char cbuf[CMSG_SPACE(sizeof(int) * (SB_MAX_LOWERS + SB_MAX_MOUNTS + 1))];
 	memset(cbuf, 0, sizeof(cbuf));
 	struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1};
 	if (n) {
@@ -521,9 +524,15 @@ static int wait_ready(struct sandbox *sb, struct kiln_err *err)
 		return kiln_err_set(err, -ETIMEDOUT, "sandbox set-up did not finish in %d s",
 				    READY_TIMEOUT_MS / 1000);
 	ssize_t n;
+	/* A peer that closed with our FINISH unread makes the first recv fail
+	 * with ECONNRESET even though its error report is queued: the kernel
+	 * reports (and clears) the socket error before the queue. */
+	int resets = 0;
 	do
-		n = recv(sb->ctl, &m, sizeof(m), 0);
-	while (n < 0 && errno == EINTR);
+		n = recv(sb->ctl, &m, sizeof(m), MSG_DONTWAIT);
+	while (n < 0 && (errno == EINTR || (errno == ECONNRESET && resets++ == 0)));
+	if (n < 0 && errno == EAGAIN)
+		n = 0;
 	if (n == (ssize_t)sizeof(m.e) && m.e.magic == SB_CHILD_ERR_MAGIC) {
 		m.e.detail[sizeof(m.e.detail) - 1] = '\0';
 		return kiln_err_set(err, -m.e.err, "sandbox set-up failed at '%s'%s%s: %s",
@@ -908,7 +917,7 @@ static int spawn(struct sandbox *sb, struct sb_plan *plan, const struct sandbox_
 	if ((r = write_maps(sb, cfg)) < 0)
 		return kiln_err_set(err, r, "writing the id maps of the sandbox: %s", strerror(-r));
 
-	int trees[SB_MAX_LOWERS + SB_MAX_MOUNTS] = {0};
+	int trees[SB_MAX_LOWERS + SB_MAX_MOUNTS + 1] = {0};
 	int n = 0;
 	bool idmap = false;
 	if (!sb->rootless) {
@@ -989,6 +998,13 @@ int sandbox_create(const struct sandbox_config *cfg, struct sandbox **ret, struc
 	if (r < 0)
 		goto fail;
 	snprintf(plan->stage, sizeof(plan->stage), "%s", sb->st.stage);
+	if (plan->host_root) {
+		char *mask = NULL;
+		if ((r = state_etc_mask(state_dir, &mask, err)) < 0)
+			goto fail_state;
+		snprintf(plan->etc_mask, sizeof(plan->etc_mask), "%s", mask);
+		free(mask);
+	}
 	if (cfg->keep)
 		sb->upper_dir = xasprintf("%s/up", plan->stage);
 	r = create_cgroup(sb, cfg, true, err);
@@ -1130,9 +1146,11 @@ static int recv_with_fd(int sock, void *buf, size_t size, int *ret_fd, int timeo
 	struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf,
 			    .msg_controllen = sizeof(cbuf)};
 	ssize_t n;
+	int resets = 0;
+	/* ECONNRESET comes before data still queued (see wait_ready). */
 	do
 		n = recvmsg(sock, &mh, MSG_CMSG_CLOEXEC);
-	while (n < 0 && errno == EINTR);
+	while (n < 0 && (errno == EINTR || (errno == ECONNRESET && resets++ == 0)));
 	if (n < 0)
 		return errno == ECONNRESET ? 0 : -errno;
 	if (ret_fd) {

@@ -146,14 +146,15 @@ static int build(scmp_filter_ctx ctx, struct kiln_err *err)
 			return kiln_err_set(err, r, "seccomp rule for 'ioctl': %s", strerror(-r));
 	}
 
-	/* personality: Docker allows 0, PER_LINUX32 (8), UNAME26 (0x20000)
-	 * and their union; deny any other bit (ADDR_NO_RANDOMIZE,
-	 * READ_IMPLIES_EXEC, MMAP_PAGE_ZERO, ...). The query value 0xffffffff
-	 * is denied too (stricter than Docker). */
-	for (int bit = 0; bit < 32; bit++) {
-		uint64_t b = 1ULL << bit;
-		if (b & (PER_LINUX32 | UNAME26))
-			continue;
+	/* personality: the flags that weaken the address space (what Docker's
+	 * value list keeps out): no ASLR, executable data, a mapped page 0,
+	 * legacy layouts. The query value 0xffffffff has them all, so it is
+	 * denied too (stricter than Docker). */
+	static const uint64_t bad_persona[] = {ADDR_NO_RANDOMIZE, READ_IMPLIES_EXEC,
+					       MMAP_PAGE_ZERO,    ADDR_COMPAT_LAYOUT,
+					       ADDR_LIMIT_32BIT,  ADDR_LIMIT_3GB};
+	for (size_t i = 0; i < ARRAY_SIZE(bad_persona); i++) {
+		uint64_t b = bad_persona[i];
 		r = seccomp_rule_add(ctx, eperm, SCMP_SYS(personality), 1,
 				     SCMP_A0_64(SCMP_CMP_MASKED_EQ, b, b));
 		if (r < 0)
@@ -184,6 +185,11 @@ static void prog_build(void)
 	int r = seccomp_attr_set(ctx, SCMP_FLTATR_ACT_BADARCH, SCMP_ACT_KILL_PROCESS);
 	if (r >= 0)
 		r = seccomp_attr_set(ctx, SCMP_FLTATR_CTL_NNP, 0); /* the child sets it itself */
+	/* A binary tree of syscall numbers rather than a list: shorter paths
+	 * for every syscall, and a cheaper install (the kernel runs the filter
+	 * for each syscall number to build its action cache). */
+	if (r >= 0)
+		r = seccomp_attr_set(ctx, SCMP_FLTATR_CTL_OPTIMIZE, 2);
 	if (r < 0) {
 		kiln_err_set(&prog_err, r, "seccomp attributes: %s", strerror(-r));
 		seccomp_release(ctx);

@@ -185,3 +185,68 @@ int sandbox_cleanup_leftovers(const char *state_dir, const char *cgroup_root)
 	closedir(d);
 	return ret < 0 ? ret : removed;
 }
+
+/* /etc entries hidden in host mode (whiteouts in a lower layer above /etc). */
+const char *const sandbox_etc_hidden[] = {
+	"shadow", "shadow-", "gshadow", "gshadow-", "sudoers", "sudoers.d", "ssh", "ssl/private",
+	"pki", "kiln", "krb5.keytab", "security/opasswd", "credstore", "credstore.encrypted",
+	"NetworkManager/system-connections", "wpa_supplicant", "ipsec.secrets", "ipsec.d", "ppp",
+	"docker", "containerd", "libvirt", "letsencrypt", "openvpn", "wireguard", "netplan",
+	"subuid", "subuid-", "subgid", "subgid-",
+};
+const size_t sandbox_etc_hidden_count = ARRAY_SIZE(sandbox_etc_hidden);
+
+static int make_whiteouts(const char *dir)
+{
+	if (mkdir(dir, 0755) < 0)
+		return -errno;
+	_cleanup_close_ int dfd = open(dir, O_PATH | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
+	if (dfd < 0)
+		return -errno;
+	for (size_t i = 0; i < sandbox_etc_hidden_count; i++) {
+		const char *e = sandbox_etc_hidden[i];
+		/* Parents of nested entries (ssl/private): plain directories,
+		 * merged with /etc's own. */
+		for (const char *slash = strchr(e, '/'); slash; slash = strchr(slash + 1, '/')) {
+			_cleanup_free_ char *parent = xstrndup(e, (size_t)(slash - e));
+			if (mkdirat(dfd, parent, 0755) < 0 && errno != EEXIST)
+				return -errno;
+		}
+		/* A whiteout: character device 0/0 (unprivileged since 5.8). */
+		if (mknodat(dfd, e, S_IFCHR | 0, 0) < 0)
+			return -errno;
+	}
+	return 0;
+}
+
+int state_etc_mask(const char *state_dir, char **ret, struct kiln_err *err)
+{
+	uint32_t h = 2166136261u; /* FNV-1a of the list names the layer */
+	for (size_t i = 0; i < sandbox_etc_hidden_count; i++)
+		for (const char *p = sandbox_etc_hidden[i];; p++) {
+			h = (h ^ (uint8_t)*p) * 16777619u;
+			if (!*p)
+				break;
+		}
+	_cleanup_free_ char *name = xasprintf(".etc-mask-%08x", h);
+	char *path = path_join(state_dir, name);
+	struct stat st;
+	if (lstat(path, &st) == 0 && S_ISDIR(st.st_mode)) {
+		*ret = path;
+		return 0;
+	}
+	/* Built aside and renamed: concurrent creators race harmlessly. */
+	_cleanup_free_ char *tmp = xasprintf("%s.tmp-%d-%lx", path, (int)getpid(),
+					     (unsigned long)pthread_self());
+	int r = make_whiteouts(tmp);
+	if (r >= 0 && rename(tmp, path) < 0 && errno != EEXIST && errno != ENOTEMPTY)
+		r = -errno;
+	(void)rm_rf(tmp);
+	if (r < 0) {
+		kiln_err_set(err, r, "cannot create the /etc mask '%s': %s", path, strerror(-r));
+		free(path);
+		return r;
+	}
+	*ret = path;
+	return 0;
+}
