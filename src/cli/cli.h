@@ -49,6 +49,15 @@ int cmd_validate(int argc, char **argv);
 extern const char cmd_validate_help[];
 extern const char cmd_server_help[];
 int cmd_server(int argc, char **argv);
+extern const char cmd_submit_help[], cmd_get_help[], cmd_describe_help[], cmd_logs_help[],
+	cmd_cancel_help[], cmd_retry_help[], cmd_artifacts_help[];
+int cmd_submit(int argc, char **argv);
+int cmd_get(int argc, char **argv);
+int cmd_describe(int argc, char **argv);
+int cmd_logs(int argc, char **argv);
+int cmd_cancel(int argc, char **argv);
+int cmd_retry(int argc, char **argv);
+int cmd_artifacts(int argc, char **argv);
 int cmd_sandbox(int argc, char **argv);
 extern const char cmd_sandbox_help[];
 

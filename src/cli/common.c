@@ -6,6 +6,13 @@ const struct cli_command cli_commands[] = {
 	{"help", "show help for a command", "usage: kiln help [COMMAND]\n", cmd_help},
 	{"validate", "check job specs, print them normalised", cmd_validate_help, cmd_validate},
 	{"server", "run the control plane (HTTP API, scheduler, store)", cmd_server_help, cmd_server},
+	{"submit", "submit a job spec to the server", cmd_submit_help, cmd_submit},
+	{"get", "list jobs or agents", cmd_get_help, cmd_get},
+	{"describe", "show one job or agent in detail", cmd_describe_help, cmd_describe},
+	{"logs", "print or follow a job's output", cmd_logs_help, cmd_logs},
+	{"cancel", "cancel jobs", cmd_cancel_help, cmd_cancel},
+	{"retry", "submit finished jobs again", cmd_retry_help, cmd_retry},
+	{"artifacts", "list or download a job's artifacts", cmd_artifacts_help, cmd_artifacts},
 	{"sandbox", "run a command in a sandbox by hand (run, probe, cleanup)", cmd_sandbox_help,
 	 cmd_sandbox},
 };
