@@ -50,10 +50,8 @@ struct common {
 	const char *server, *token;
 };
 
-static const struct option common_opts[] = {
-	{"server", required_argument, NULL, 's'},
-	{"token", required_argument, NULL, 't'},
-};
+#define SERVER_OPT {"server", required_argument, NULL, 's'}
+#define TOKEN_OPT {"token", required_argument, NULL, 't'}
 
 /* ---- logs ----------------------------------------------------------------- */
 
@@ -62,7 +60,7 @@ int cmd_logs(int argc, char **argv)
 	static const struct option opts[] = {
 		{"help", no_argument, NULL, 'h'},	  {"follow", no_argument, NULL, 'f'},
 		{"attempt", required_argument, NULL, 'a'}, {"offset", required_argument, NULL, 'O'},
-		common_opts[0], common_opts[1],		   {0},
+		SERVER_OPT, TOKEN_OPT,		   {0},
 	};
 	struct common co = {0};
 	bool follow = false;
@@ -106,7 +104,7 @@ int cmd_logs(int argc, char **argv)
 static int parse_common(const char *cmd, int argc, char **argv, struct common *co)
 {
 	static const struct option opts[] = {
-		{"help", no_argument, NULL, 'h'}, common_opts[0], common_opts[1], {0},
+		{"help", no_argument, NULL, 'h'}, SERVER_OPT, TOKEN_OPT, {0},
 	};
 	int c;
 	while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
@@ -234,7 +232,7 @@ int cmd_artifacts(int argc, char **argv)
 {
 	static const struct option opts[] = {
 		{"help", no_argument, NULL, 'h'},	  {"get", required_argument, NULL, 'g'},
-		{"output", required_argument, NULL, 'o'}, common_opts[0], common_opts[1], {0},
+		{"output", required_argument, NULL, 'o'}, SERVER_OPT, TOKEN_OPT, {0},
 	};
 	struct common co = {0};
 	const char *get = NULL, *out = NULL;
