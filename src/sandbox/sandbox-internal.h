@@ -293,6 +293,7 @@ KILN_NORETURN void sb_child_main(const struct sb_plan *plan);
 
 /* ---- misc ----------------------------------------------------------------- */
 
-/* Returns the sealed memfd of kiln-init for path (NULL: default lookup),
- * creating it once per process and path. */
+/* Returns an fd to execute kiln-init from (path NULL: default lookup),
+ * opened once per process and path: the binary itself when only host root
+ * can write it and we are root, else a sealed memfd copy. */
 int sandbox_init_memfd(const char *path, int *ret_fd, struct kiln_err *err);

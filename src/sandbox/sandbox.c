@@ -2,7 +2,7 @@
  * sandbox: the parent side — create, exec, wait, kill, stats, destroy.
  *
  * sandbox_create() prepares everything the child will need (struct sb_plan,
- * the cgroup, the state entry, the seccomp program, the kiln-init memfd),
+ * the cgroup, the state entry, the seccomp program, the kiln-init fd),
  * then clone3()s one child straight into all new namespaces (and, on v2,
  * into its cgroup), writes its id maps, makes the idmapped trees it will
  * mount, and sends GO. The child builds the root, pivots, drops privileges
@@ -17,7 +17,7 @@
  *  - kiln-init dies when the control socket closes (parent gone, destroy):
  *    a SIGKILLed parent leaves no running sandbox, only a state entry and
  *    empty cgroups for sandbox_cleanup_leftovers().
- *  - Process-wide state (kiln-init memfds, the seccomp program, the id
+ *  - Process-wide state (kiln-init fds, the seccomp program, the id
  *    range, the cgroup layout) is written once under a lock or
  *    pthread_once and read-only afterwards.
  */
@@ -127,7 +127,7 @@ static char *resolve_init_path(const char *path)
 	return xstrdup(KILN_LIBEXECDIR "/kiln/kiln-init");
 }
 
-static int make_sealed_copy(const char *path, int *ret, struct kiln_err *err)
+static int open_init(const char *path, int *ret, struct kiln_err *err)
 {
 	_cleanup_close_ int src = open(path, O_RDONLY | O_CLOEXEC);
 	if (src < 0)
@@ -140,6 +140,15 @@ static int make_sealed_copy(const char *path, int *ret, struct kiln_err *err)
 		return kiln_err_set(err, -errno, "stat '%s': %s", path, strerror(errno));
 	if (!S_ISREG(st.st_mode) || st.st_size <= 0 || st.st_size > 64 << 20)
 		return kiln_err_set(err, -EINVAL, "kiln-init '%s' is not a regular file", path);
+	/* As root, a kiln-init owned by root and writable by nobody else
+	 * cannot be changed from inside any sandbox (whose root is an
+	 * unprivileged host uid), even through /proc/1/exe: execute this
+	 * pinned fd, sparing every start the copy. Otherwise (rootless: the
+	 * sandbox's root is the file's owner) run a sealed copy. */
+	if (geteuid() == 0 && st.st_uid == 0 && !(st.st_mode & (S_IWGRP | S_IWOTH))) {
+		*ret = TAKE_FD(src);
+		return 0;
+	}
 	int fd = memfd_create("kiln-init", MFD_CLOEXEC | MFD_ALLOW_SEALING | MFD_EXEC);
 	if (fd < 0 && errno == EINVAL)
 		fd = memfd_create("kiln-init", MFD_CLOEXEC | MFD_ALLOW_SEALING);
@@ -179,7 +188,7 @@ int sandbox_init_memfd(const char *path, int *ret_fd, struct kiln_err *err)
 			return 0;
 		}
 	int fd = -1;
-	int r = make_sealed_copy(p, &fd, err);
+	int r = open_init(p, &fd, err);
 	if (r >= 0) {
 		size_t slot = ARRAY_SIZE(init_copies);
 		for (size_t i = 0; i < ARRAY_SIZE(init_copies); i++)

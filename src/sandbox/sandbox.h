@@ -92,8 +92,9 @@ struct sandbox_config {
 	/* Where cgroup hierarchies are mounted; NULL: /sys/fs/cgroup. */
 	const char *cgroup_root;
 	/* kiln-init binary; NULL: $KILN_INIT, then next to the running binary,
-	 * then the installed libexec path. It is copied once per process into a
-	 * sealed memfd and executed from there. */
+	 * then the installed libexec path. Opened once per process; executed
+	 * from that fd when only host root can write it (kiln running as
+	 * root), else from a sealed memfd copy (CVE-2019-5736). */
 	const char *init_path;
 	/* Root mode only: the host uid/gid that is root inside, and how many
 	 * ids are mapped. 0: the "kiln" entry of /etc/subuid and /etc/subgid,
