@@ -141,16 +141,17 @@ extern const size_t sandbox_kept_caps_count;
 char *sandbox_state_dir_default(void);
 
 struct state_entry {
-	char *path;  /* <state>/<id> */
-	char *stage; /* where the writable layer goes: the state dir (a tmpfs is
-		      * mounted over it inside the sandbox), or <id>.kept */
-	int lock_fd; /* flock(LOCK_EX) held while the sandbox lives */
+	int fd;       /* our own open file description of <state>/sandboxes */
+	uint32_t slot; /* the slot we hold the OFD lock of */
+	char *stage;  /* where the writable layer goes: the state dir (a tmpfs is
+		       * mounted over it inside the sandbox), or <id>.kept */
 };
 
 /*
- * Creates the locked entry <state>/<id> listing the cgroup directories
- * (written before they exist, so a crash in between still leaves a
- * record), and with keep the directory <id>.kept owned by uid:gid.
+ * Records sandbox id, with the cgroup directories it will create (written
+ * before they exist, so a crash in between still leaves a record), in a
+ * slot of <state>/sandboxes locked while the sandbox lives; with keep,
+ * creates <id>.kept owned by uid:gid.
  */
 int state_entry_create(const char *state_dir, const char *id, const struct cg_sandbox *cg,
 		       bool keep, uid_t uid, gid_t gid, struct state_entry *ret, struct kiln_err *err);

@@ -964,7 +964,7 @@ int sandbox_create(const struct sandbox_config *cfg, struct sandbox **ret, struc
 	struct sandbox *sb = xcalloc(1, sizeof(*sb));
 	sb->ctl = sb->init_pidfd = -1;
 	sb->cg.v2_fd = -1;
-	sb->st.lock_fd = -1;
+	sb->st.fd = -1;
 	pthread_mutex_init(&sb->lock, NULL);
 	random_id(sb->id);
 	sb->rootless = geteuid() != 0;

@@ -1,33 +1,39 @@
 /*
- * state: the per-sandbox entries in the state directory and the cleanup of
- * what dead kiln processes left behind.
+ * state: the records of live sandboxes in the state directory, and the
+ * cleanup of what dead kiln processes left behind.
  *
  * Layout (the state dir is 0700):
  *
- *   <state>/<id>        one file per live sandbox: flock(LOCK_EX) held by the
- *                       owning process (CLOEXEC fd), content "kiln-sandbox 1"
- *                       then "cgroup v1|v2 PATH" lines, written before the
- *                       directories are created
+ *   <state>/sandboxes   a journal of 4 KiB slots, one per live sandbox: the
+ *                       owner holds an OFD lock (fcntl F_OFD_SETLK) on its
+ *                       slot through its own open file description; the slot
+ *                       reads "kiln-sandbox 1 <id>" then "cgroup v1|v2 PATH"
+ *                       lines, written before the directories are created,
+ *                       and is zeroed when the sandbox is gone
  *   <state>/<id>.kept/  the writable layer of a --keep sandbox (on disk)
+ *   <state>/.etc-mask-* the shared /etc whiteout layer of host mode
  *
- * One inode per sandbox: creating and deleting inodes on ext4 is what the
- * state dir costs (the inode allocator scans for recently deleted ones).
- * Without --keep the writable layer is a tmpfs that the sandbox mounts over
- * the state dir itself, inside its own mount namespace.
+ * No file is created or deleted per sandbox: on ext4, inode creation and
+ * the directory operations around it cost more than everything else the
+ * state dir does (measured with perf; docs/internals/sandbox.md). Without
+ * --keep the writable layer is a tmpfs the sandbox mounts over the state
+ * dir itself, inside its own mount namespace.
  *
  * Nothing is ever mounted on the host: all of a sandbox's mounts live in its
- * own mount namespace and vanish with it. So a leftover is at most a file
- * and cgroups, both removable by the next start: an entry whose lock can be
- * taken belongs to a dead process. Entries are written as ".new-<id>" and
- * renamed once locked, so the cleanup never sees a live entry unlocked.
+ * own mount namespace and vanish with it. So a leftover is at most a slot
+ * and cgroups, both removable by the next start: a non-empty slot whose lock
+ * can be taken belongs to a dead process (OFD locks die with their last fd).
  */
 #include "sandbox-internal.h"
 
 #include <dirent.h>
 #include <fcntl.h>
-#include <sys/file.h>
 #include <sys/stat.h>
 #include <time.h>
+
+#define STATE_FILE "sandboxes"
+#define SLOT_SIZE 4096
+#define MAX_SLOTS 65536
 
 char *sandbox_state_dir_default(void)
 {
@@ -39,41 +45,63 @@ char *sandbox_state_dir_default(void)
 	return xasprintf("/tmp/kiln-%u/sandbox", (unsigned)geteuid());
 }
 
+static int slot_lock(int fd, uint32_t slot, short type)
+{
+	struct flock fl = {.l_type = type, .l_whence = SEEK_SET,
+			   .l_start = (off_t)slot * SLOT_SIZE, .l_len = SLOT_SIZE};
+	return fcntl(fd, F_OFD_SETLK, &fl) < 0 ? -errno : 0;
+}
+
 int state_entry_create(const char *state_dir, const char *id, const struct cg_sandbox *cg,
 		       bool keep, uid_t uid, gid_t gid, struct state_entry *ret, struct kiln_err *err)
 {
-	_cleanup_free_ char *path = path_join(state_dir, id);
-	_cleanup_free_ char *tmp_name = xasprintf(".new-%s", id);
-	_cleanup_free_ char *tmp = path_join(state_dir, tmp_name);
-	_cleanup_free_ char *kept = keep ? xasprintf("%s.kept", path) : NULL;
-	int fd = open(tmp, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
-	if (fd < 0)
-		return kiln_err_set(err, -errno, "cannot create state entry '%s': %s", tmp,
-				    strerror(errno));
-	struct buf b = BUF_INIT;
-	buf_puts(&b, "kiln-sandbox 1\n");
-	for (size_t i = 0; cg && i < cg->n; i++)
-		buf_printf(&b, "cgroup %s %s\n", cg->dir[i].v2 ? "v2" : "v1", cg->dir[i].path);
-	int r = flock(fd, LOCK_EX | LOCK_NB) < 0 ? -errno : write_all(fd, b.data, b.len);
-	buf_release(&b);
-	if (r >= 0 && kept) {
+	char *rec = xcalloc(1, SLOT_SIZE);
+	size_t len = (size_t)snprintf(rec, SLOT_SIZE, "kiln-sandbox 1 %s\n", id);
+	for (size_t i = 0; cg && i < cg->n && len < SLOT_SIZE; i++)
+		len += (size_t)snprintf(rec + len, SLOT_SIZE - len, "cgroup %s %s\n",
+					cg->dir[i].v2 ? "v2" : "v1", cg->dir[i].path);
+	if (len >= SLOT_SIZE) {
+		free(rec);
+		return kiln_err_set(err, -ENAMETOOLONG,
+				    "the cgroup paths of sandbox %s do not fit its state record", id);
+	}
+	_cleanup_free_ char *path = path_join(state_dir, STATE_FILE);
+	/* Our own open file description: the slot lock is ours alone. */
+	int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+	int r = fd < 0 ? -errno : -EAGAIN;
+	uint32_t slot = 0;
+	for (; fd >= 0 && slot < MAX_SLOTS; slot++) {
+		r = slot_lock(fd, slot, F_WRLCK);
+		if (r != -EAGAIN && r != -EACCES)
+			break;
+	}
+	bool locked = r >= 0;
+	if (locked && pwrite(fd, rec, SLOT_SIZE, (off_t)slot * SLOT_SIZE) != SLOT_SIZE)
+		r = -EIO;
+	free(rec);
+	char *kept = NULL;
+	if (r >= 0 && keep) {
 		/* The kept layer, owned by the sandbox's root. */
-		if (mkdir(kept, 0700) < 0 ||
-		    (geteuid() == 0 && chown(kept, uid, gid) < 0))
+		kept = xasprintf("%s/%s.kept", state_dir, id);
+		if (mkdir(kept, 0700) < 0 || (geteuid() == 0 && chown(kept, uid, gid) < 0))
 			r = -errno;
 	}
-	if (r >= 0 && rename(tmp, path) < 0)
-		r = -errno;
 	if (r < 0) {
-		close(fd);
-		(void)unlink(tmp);
+		if (fd >= 0) {
+			static const char zero[SLOT_SIZE];
+			if (locked)
+				(void)!pwrite(fd, zero, SLOT_SIZE, (off_t)slot * SLOT_SIZE);
+			close(fd);
+		}
 		if (kept)
 			(void)rmdir(kept);
-		return kiln_err_set(err, r, "cannot set up state entry '%s': %s", path, strerror(-r));
+		free(kept);
+		return kiln_err_set(err, r, "cannot record sandbox %s in '%s': %s", id, path,
+				    r == -EAGAIN ? "all slots are in use" : strerror(-r));
 	}
-	ret->path = TAKE_PTR(path);
-	ret->stage = keep ? TAKE_PTR(kept) : xstrdup(state_dir);
-	ret->lock_fd = fd;
+	ret->fd = fd;
+	ret->slot = slot;
+	ret->stage = kept ? kept : xstrdup(state_dir);
 	return 0;
 }
 
@@ -81,14 +109,15 @@ int state_entry_remove(struct state_entry *e, bool keep)
 {
 	(void)keep; /* a kept layer stays in <id>.kept */
 	int r = 0;
-	if (e->path && unlink(e->path) < 0 && errno != ENOENT)
-		r = -errno;
-	if (e->lock_fd >= 0)
-		close(e->lock_fd);
-	e->lock_fd = -1;
-	free(e->path);
+	if (e->fd >= 0) {
+		static const char zero[SLOT_SIZE];
+		if (pwrite(e->fd, zero, SLOT_SIZE, (off_t)e->slot * SLOT_SIZE) != SLOT_SIZE)
+			r = -EIO;
+		close(e->fd); /* releases the lock */
+	}
+	e->fd = -1;
 	free(e->stage);
-	e->path = e->stage = NULL;
+	e->stage = NULL;
 	return r;
 }
 
@@ -112,22 +141,19 @@ static bool valid_id(const char *name)
 	return true;
 }
 
-/* Removes one dead entry: its cgroups, then the file. Returns 1 if removed. */
-static int cleanup_entry(int sfd, const char *id, const char *cgroup_root)
+/* Cleans one slot we hold the lock of: its cgroups, then the record.
+ * Returns 1 if it held a dead sandbox. */
+static int cleanup_slot(int fd, uint32_t slot, char *rec, const char *cgroup_root)
 {
-	_cleanup_close_ int fd = openat(sfd, id, O_RDWR | O_CLOEXEC | O_NOFOLLOW);
-	if (fd < 0)
-		return errno == ENOENT ? 0 : -errno;
-	struct stat st;
-	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode))
-		return 0;
-	if (flock(fd, LOCK_EX | LOCK_NB) < 0)
-		return 0; /* alive */
-	struct buf info = BUF_INIT;
-	int r = read_fd_all(fd, 1 << 16, &info);
-	if (r < 0)
-		return r;
-	for (char *line = info.data; line && *line;) {
+	rec[SLOT_SIZE - 1] = '\0';
+	char id[17] = "";
+	if (strncmp(rec, "kiln-sandbox 1 ", 15) != 0 || strlen(rec) < 31 || rec[31] != '\n')
+		goto zero; /* garbage: free the slot */
+	memcpy(id, rec + 15, 16);
+	if (!valid_id(id))
+		goto zero;
+	int r = 0;
+	for (char *line = rec + 32; *line;) {
 		char *eol = strchr(line, '\n');
 		if (eol)
 			*eol = '\0';
@@ -138,14 +164,17 @@ static int cleanup_entry(int sfd, const char *id, const char *cgroup_root)
 			if (c < 0 && r == 0)
 				r = c;
 		}
-		line = eol ? eol + 1 : NULL;
+		if (!eol)
+			break;
+		line = eol + 1;
 	}
-	buf_release(&info);
 	if (r < 0)
-		return r;
-	if (unlinkat(sfd, id, 0) < 0 && errno != ENOENT)
-		return -errno;
-	return 1;
+		return r; /* keep the record: the next start tries again */
+zero:;
+	static const char zero[SLOT_SIZE];
+	if (pwrite(fd, zero, SLOT_SIZE, (off_t)slot * SLOT_SIZE) != SLOT_SIZE)
+		return -EIO;
+	return id[0] ? 1 : 0;
 }
 
 int sandbox_cleanup_leftovers(const char *state_dir, const char *cgroup_root)
@@ -153,36 +182,34 @@ int sandbox_cleanup_leftovers(const char *state_dir, const char *cgroup_root)
 	_cleanup_free_ char *def = state_dir ? NULL : sandbox_state_dir_default();
 	if (!state_dir)
 		state_dir = def;
-	int sfd = open(state_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	if (sfd < 0)
+	_cleanup_free_ char *path = path_join(state_dir, STATE_FILE);
+	_cleanup_close_ int fd = open(path, O_RDWR | O_CLOEXEC | O_NOFOLLOW);
+	if (fd < 0)
 		return errno == ENOENT ? 0 : -errno;
-	DIR *d = fdopendir(sfd);
-	if (!d) {
-		int r = -errno;
-		close(sfd);
-		return r;
-	}
+	struct stat st;
+	if (fstat(fd, &st) < 0)
+		return -errno;
+	if (!S_ISREG(st.st_mode))
+		return -EINVAL;
+	uint32_t slots = (uint32_t)MIN((uint64_t)st.st_size / SLOT_SIZE, (uint64_t)MAX_SLOTS);
+	char *rec = xmalloc(SLOT_SIZE);
 	int removed = 0, ret = 0;
-	struct dirent *de;
-	while ((de = readdir(d))) {
-		if (startswith(de->d_name, ".new-") && valid_id(de->d_name + 5)) {
-			/* A creation that died before its rename (no cgroups yet). */
-			struct stat st;
-			if (fstatat(dirfd(d), de->d_name, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
-			    (time_t)st.st_mtime < time(NULL) - 60 &&
-			    unlinkat(dirfd(d), de->d_name, 0) == 0)
-				removed++;
+	for (uint32_t slot = 0; slot < slots; slot++) {
+		if (pread(fd, rec, SLOT_SIZE, (off_t)slot * SLOT_SIZE) != SLOT_SIZE || rec[0] == '\0')
 			continue;
+		if (slot_lock(fd, slot, F_WRLCK) < 0)
+			continue; /* alive */
+		/* Re-read under the lock: the owner may have just zeroed it. */
+		if (pread(fd, rec, SLOT_SIZE, (off_t)slot * SLOT_SIZE) == SLOT_SIZE && rec[0]) {
+			int r = cleanup_slot(fd, slot, rec, cgroup_root);
+			if (r > 0)
+				removed++;
+			else if (r < 0 && ret == 0)
+				ret = r;
 		}
-		if (!valid_id(de->d_name))
-			continue; /* <id>.kept and anything else stay */
-		int r = cleanup_entry(dirfd(d), de->d_name, cgroup_root);
-		if (r > 0)
-			removed++;
-		else if (r < 0 && ret == 0)
-			ret = r;
+		(void)slot_lock(fd, slot, F_UNLCK);
 	}
-	closedir(d);
+	free(rec);
 	return ret < 0 ? ret : removed;
 }
 

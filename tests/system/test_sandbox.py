@@ -48,10 +48,21 @@ def tree(path):
 
 
 def state_entries(state):
-    """Entries of a state dir, without the shared /etc mask layer it caches."""
+    """Entries of a state dir besides its journal and the cached /etc mask."""
     if not os.path.isdir(state):
         return []
-    return sorted(e for e in os.listdir(state) if not e.startswith(".etc-mask-"))
+    return sorted(e for e in os.listdir(state)
+                  if not e.startswith(".etc-mask-") and e != "sandboxes")
+
+
+def live_slots(state):
+    """Sandbox records in the state dir's journal (4 KiB slots)."""
+    try:
+        with open(os.path.join(state, "sandboxes"), "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        return 0
+    return sum(1 for i in range(0, len(data), 4096) if data[i:i + 1] not in (b"", b"\0"))
 
 
 def pids_with(marker):
@@ -499,12 +510,12 @@ a, _ = srv.accept(); c.sendall(b"ping"); print("loopback", a.recv(4).decode())
               if os.path.isdir(m + self.cg_parent)}
         with open("/proc/self/mountinfo") as f:
             mounts = [l for l in f if self.state in l or self.cg_parent in l]
-        return state_entries(self.state), cg, mounts
+        return state_entries(self.state), live_slots(self.state), cg, mounts
 
     def test_100_runs_leave_nothing_behind(self):
         self.sbx(["true"])  # creates the cgroup parents and state dir once
         before = self.kiln_state()
-        self.assertEqual(before[0], [])
+        self.assertEqual(before[:2], ([], 0))
         for _ in range(100):
             r, _, _ = self.sbx(["sh", "-c", "sleep 5 & exit 0"], "--memory", "64Mi",
                                "--pids", "32", "--workspace", self.ws)
@@ -524,12 +535,13 @@ a, _ = srv.accept(); c.sendall(b"ping"); print("loopback", a.recv(4).decode())
         p.stdout.close()
         # kiln-init sees its control socket close and takes everything down.
         self.assertTrue(wait_gone(marker), "processes survived their kiln")
-        self.assertEqual(len(state_entries(self.state)), 1)  # the dead run's entry
+        self.assertEqual(live_slots(self.state), 1)  # the dead run's record
         # The next start removes the leftover entry and its cgroups.
         r, _, _ = self.sbx(["true"])
         self.assertEqual(r.returncode, 0)
-        entries, cg, mounts = self.kiln_state()
+        entries, slots, cg, mounts = self.kiln_state()
         self.assertEqual(entries, [])
+        self.assertEqual(slots, 0)
         self.assertEqual(mounts, [])
         for m, sub in cg.items():
             self.assertEqual(sub, [], m)
@@ -597,6 +609,7 @@ class RootlessSandboxTest(kilntest.TempDirTestCase):
             self.assertTrue(res["warnings"] and "no cgroup" in res["warnings"][0])
             self.assertIsNone(res["memory_peak_bytes"])
         self.assertEqual(state_entries(self.state), [])
+        self.assertEqual(live_slots(self.state), 0)
 
     def test_cannot_mount_or_escape(self):
         r, _, out = self.sbx(["sh", "-c", "mount -t tmpfs none /mnt 2>&1; echo rc=$?; "
@@ -621,6 +634,7 @@ class RootlessSandboxTest(kilntest.TempDirTestCase):
         self.assertTrue(res["timed_out"])
         self.assertEqual(pids_with(marker), [])
         self.assertEqual(state_entries(self.state), [])
+        self.assertEqual(live_slots(self.state), 0)
 
 
 if __name__ == "__main__":
