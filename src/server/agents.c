@@ -499,11 +499,20 @@ void h_agents_heartbeat(struct req *r)
 /* ---- release ---------------------------------------------------------------- */
 
 /*
- * POST /v1/agents/{id}/release {"jobs": [{"id","fence"}]?, "reason": "..."}:
+ * POST /v1/agents/{id}/release
+ *      {"jobs": [{"id","fence"}]?, "reason": "...", "stop_leasing": bool}:
  * the agent gives leases back — those listed, or every lease it holds when
  * "jobs" is absent (an agent that restarted after a crash, or one that is
- * stopping). Each goes back to the queue at once, as if its lease had
- * expired (the attempt counts; with no retries left the job is lost).
+ * stopping). Each goes back to the queue at once. A job the agent had
+ * started (reported running) is treated as if its lease had expired: the
+ * attempt counts, and with no retries left the job is lost. A job it never
+ * started is queued again without using up an attempt: it was handed to an
+ * agent that was going away (a lease granted into a long-poll the agent had
+ * already given up on).
+ *
+ * stop_leasing: the agent takes no more work: its parked lease long-polls
+ * are answered 204 first (an agent that cut its long-poll off cannot receive
+ * a job granted into it; a parked request of a crashed agent the same).
  * Answered once the decisions are durable.
  */
 struct release_ctx {
@@ -557,6 +566,16 @@ void h_agents_release(struct req *r)
 		return;
 	}
 	touch(a);
+	if (json_is_true(json_object_get(r->json, "stop_leasing")))
+		for (struct req *w = s->waiters_head, *next; w; w = next) {
+			next = w->wnext;
+			if (w->wait_agent != a)
+				continue;
+			sched_unpark(s, w);
+			req_reply_response(w, MHD_HTTP_NO_CONTENT,
+					   MHD_create_response_from_buffer(0, NULL,
+									   MHD_RESPMEM_PERSISTENT));
+		}
 	json_t *released = json_array(), *requeued = json_array(), *lost = json_array();
 	for (size_t i = a->n_jobs; i > 0; i--) {
 		struct sjob *j = a->jobs[i - 1];
@@ -565,11 +584,12 @@ void h_agents_release(struct req *r)
 			match = list.ids[k] == j->id && list.fences[k] == j->fence;
 		if (!match)
 			continue;
+		bool refund = j->state == JOB_LEASED;
 		json_array_append_new(released, json_integer(j->id));
-		json_array_append_new(j->attempt < j->max_attempts ? requeued : lost,
+		json_array_append_new(refund || j->attempt < j->max_attempts ? requeued : lost,
 				      json_integer(j->id));
 		_cleanup_free_ char *why = xasprintf("released by agent '%s': %s", a->name, reason);
-		sched_release(s, j, why, false);
+		sched_release(s, j, why, false, refund);
 	}
 	struct release_ctx *c = xcalloc(1, sizeof(*c));
 	c->reply = json_pack("{s:o,s:o,s:o}", "released", released, "requeued", requeued, "lost",

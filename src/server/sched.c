@@ -778,10 +778,27 @@ void sched_grant(struct server *s, struct sjob *j, struct sagent *a, struct req 
 
 /* ---- the timer ------------------------------------------------------------ */
 
-void sched_release(struct server *s, struct sjob *j, const char *why, bool revoke)
+void sched_release(struct server *s, struct sjob *j, const char *why, bool revoke, bool refund)
 {
 	const char *agent = j->agent ? j->agent->name : "?";
 	int64_t fence = j->fence;
+	if (refund) {
+		/* This attempt does not count: one more is allowed. */
+		j->max_attempts++;
+		log_info("lease handed back unstarted, job queued again job=%" PRId64
+			 " agent=%s fence=%" PRId64 " why=\"%s\"",
+			 j->id, agent, fence, why);
+		struct store_mut *m = mut_new(STORE_JOB_REQUEUE);
+		char *msg = xasprintf("%s (before it started; the attempt does not count)", why);
+		m->requeue = (__typeof__(m->requeue)){.job_id = j->id, .fence = fence,
+						  .attempt_state = JOB_LOST, .message = msg,
+						  .now = proto_now_ms(), .refund = true};
+		mut_set_msg(m, msg);
+		mut_submit_detached(s, m);
+		sched_end_lease(s, j, revoke ? "lease_expired" : NULL);
+		sched_requeue(s, j);
+		return;
+	}
 	if (j->attempt < j->max_attempts) {
 		log_warn("lease ended, job queued again job=%" PRId64 " agent=%s fence=%" PRId64
 			 " attempt=%" PRId64 " why=\"%s\"",
@@ -821,7 +838,7 @@ static void expire_lease(struct server *s, struct sjob *j)
 	format_duration_ms(s->cfg.lease_ttl_ms, ttl);
 	_cleanup_free_ char *why = xasprintf("lease expired: agent '%s' did not renew it within %s",
 					     j->agent ? j->agent->name : "?", ttl);
-	sched_release(s, j, why, true);
+	sched_release(s, j, why, true, false);
 }
 
 static void time_out(struct server *s, struct sjob *j)

@@ -300,8 +300,9 @@ void sched_requeue(struct server *s, struct sjob *j);
  * if attempts remain, else the job is lost. `why` starts the stored message.
  * revoke: the agent may still run it (expiry), so its capacity stays held
  * until the agent lets go; !revoke: the agent said it does not (release).
+ * refund: the attempt does not count (max_attempts + 1; always queued again).
  */
-void sched_release(struct server *s, struct sjob *j, const char *why, bool revoke);
+void sched_release(struct server *s, struct sjob *j, const char *why, bool revoke, bool refund);
 /* Gives parked lease requests of agent a a chance at newly fitting work. */
 void sched_kick_agent(struct server *s, struct sagent *a);
 void sched_recheck_classes(struct server *s);

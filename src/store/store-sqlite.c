@@ -83,7 +83,8 @@ static const char *const stmt_sql[ST_MAX] = {
 				 "WHERE id = ?1 AND state = 0",
 	[ST_ATTEMPT_FINISH] = "UPDATE attempts SET state = ?2, finished_at = ?3, exit_code = ?4, "
 			      "message = ?5 WHERE fence = ?1",
-	[ST_JOB_REQUEUE] = "UPDATE jobs SET state = 0, agent_id = 0, message = ?3 "
+	[ST_JOB_REQUEUE] = "UPDATE jobs SET state = 0, agent_id = 0, message = ?3, "
+			   "max_attempts = max_attempts + ?4 "
 			   "WHERE id = ?1 AND fence = ?2 AND state IN (1, 2)",
 	[ST_AGENT_PUT] = "INSERT INTO agents (id, name, labels, slots, cpus, memory, gpus, "
 			 "registered_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) "
@@ -513,6 +514,7 @@ static int apply_requeue(struct conn *c, struct store_mut *m)
 	sqlite3_bind_int64(st, 1, m->requeue.job_id);
 	sqlite3_bind_int64(st, 2, m->requeue.fence);
 	bind_text(st, 3, m->requeue.message);
+	sqlite3_bind_int(st, 4, m->requeue.refund ? 1 : 0);
 	int r = exec_stmt(st);
 	if (r < 0)
 		return r;

@@ -113,6 +113,7 @@ struct store_mut {
 			enum job_state attempt_state; /* how the attempt ended (LOST) */
 			const char *message;
 			uint64_t now;
+			bool refund; /* the attempt does not count: max_attempts + 1 */
 		} requeue;
 		struct {
 			int64_t id;

@@ -178,19 +178,58 @@ class ReleaseTest(Case):
         a = self.agent("a")
         j1, j2 = self.submit(name="one", retries=2), self.submit(name="two")
         l1, l2 = a.lease(), a.lease()
+        a.status(j2, l2["fence"])
         # The agent crashed and came back: it hands back whatever it held.
         reply = a.c.ok("POST", f"/v1/agents/{a.id}/release", {"reason": "the agent restarted"})
         self.assertEqual(sorted(reply["released"]), sorted([j1, j2]))
         self.assertEqual(reply["requeued"], [j1])
         self.assertEqual(reply["lost"], [j2])
-        self.assertEqual(self.job(j1)["state"], "queued")
+        # Started and out of retries: lost. Never started: its attempt is not counted.
         j = self.job(j2)
         self.assertEqual(j["state"], "lost")
         self.assertIn("released by agent 'a'", j["message"])
+        j = self.job(j1)
+        self.assertEqual((j["state"], j["max_attempts"]), ("queued", 4))
+        self.assertIn("the attempt does not count", j["attempts"][0]["message"])
         # Its capacity is free again at once (not held as revoked).
         again = a.lease()
         self.assertEqual(again["job"]["id"], j1)
         self.assertEqual(a.c.ok("POST", f"/v1/agents/{a.id}/release", {})["released"], [j1])
+
+    def test_unstarted_job_without_retries_is_not_lost(self):
+        a = self.agent("a")
+        jid = self.submit(name="never-started")
+        lease = a.lease()
+        reply = a.c.ok("POST", f"/v1/agents/{a.id}/release",
+                       {"jobs": [{"id": jid, "fence": lease["fence"]}], "reason": "stopping"})
+        self.assertEqual(reply["requeued"], [jid])
+        self.assertEqual(self.job(jid)["state"], "queued")
+        l2 = a.lease()
+        self.assertEqual(l2["attempt"], 2)
+        a.status(jid, l2["fence"])
+        self.assertEqual(a.complete(jid, l2["fence"])[0], 200)
+
+    def test_stop_leasing_answers_parked_lease_requests(self):
+        a = self.agent("a")
+        client = self.server.client()
+        self.addCleanup(client.close)
+        out = {}
+
+        def poll():
+            out["status"] = client.call("POST", f"/v1/agents/{a.id}/lease", {"wait_ms": 20000})[0]
+        t = threading.Thread(target=poll)
+        t.start()
+        self.addCleanup(t.join, 60)
+        time.sleep(0.5)
+        t0 = time.monotonic()
+        reply = a.c.ok("POST", f"/v1/agents/{a.id}/release", {"jobs": [], "stop_leasing": True})
+        self.assertEqual(reply["released"], [])
+        t.join(30)
+        self.assertLess(time.monotonic() - t0, WAKE_BOUND)
+        self.assertEqual(out["status"], 204)
+        # A job submitted now waits for a live request instead of going to the dead one.
+        jid = self.submit()
+        self.assertEqual(self.job(jid)["state"], "queued")
 
     def test_release_ignores_leases_of_others_and_stale_fences(self):
         a, b = self.agent("a"), self.agent("b")
