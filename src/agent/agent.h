@@ -2,13 +2,93 @@
  * agent: the host agent. Registers with a server, long-polls for leases and
  * runs each job in a sandbox, shipping its output and artifacts.
  *
- * This header so far holds the host probe: what this machine offers (os,
- * arch, cpus, memory, GPUs through NVML), turned into labels and capacity
- * for registration.
+ * Embeddable: `kiln agent` runs one; `kiln up` and an embedded `kiln run`
+ * run one in-process next to a server (src/server/server.h). Life cycle:
+ * agent_new() (state directory, host probe, sandbox probe, leftovers of a
+ * previous run removed), agent_run() (blocks: registers, leases and runs
+ * jobs until stopped), agent_stop() (from any thread or a signal-handling
+ * thread), agent_free(). Internals and the log/lease protocol:
+ * docs/internals/agent.md.
+ *
+ * Also here: the host probe (what this machine offers, turned into labels and
+ * capacity) and the streaming secret masker the agent puts on job output.
  */
 #pragma once
 
 #include "base/base.h"
+
+/* ---- the agent ------------------------------------------------------------ */
+
+struct agent;
+
+/* A root filesystem an agent offers as the job `image` NAME. */
+struct agent_image {
+	const char *name; /* as written in specs: "debian:12" */
+	const char *dir;  /* a directory holding a root filesystem */
+};
+
+struct agent_config {
+	const char *server;    /* "http://host:port" or "host:port" */
+	const char *token;     /* bearer token, or NULL */
+	const char *name;      /* unique agent name; NULL: the host name */
+	const char *state_dir; /* spool, workspaces, sandbox state (created 0700) */
+	char *const *labels;   /* extra labels (--labels) */
+	size_t n_labels;
+	const struct agent_image *images;
+	size_t n_images;
+	unsigned slots; /* jobs at once; 0: the number of CPUs (at least 1) */
+	/* SIGTERM drain: running jobs get this long to finish before they are
+	 * killed and released to the server (default 10 min). */
+	uint64_t drain_timeout_ms;
+	uint64_t lease_wait_ms; /* lease long-poll (default 30 s) */
+	/* Sandboxes: NULL = defaults (see src/sandbox/sandbox.h). */
+	const char *cgroup_parent;
+	const char *init_path;
+	/* Copied into every job's fresh workspace (embedded `kiln run`: the
+	 * user's directory); NULL = workspaces start empty. */
+	const char *seed_dir;
+	/* With seed_dir: copy only these paths (relative to it; e.g. the files
+	 * git does not ignore); NULL = the whole directory. */
+	char *const *seed_files;
+	size_t n_seed_files;
+	/* Called (on the agent's thread) once it is registered, with its id. */
+	void (*on_ready)(void *ud, int64_t agent_id);
+	void *ud;
+};
+
+/* Fills the defaults above (everything else NULL / 0). */
+void agent_config_init(struct agent_config *c);
+
+/*
+ * Checks the configuration, takes the state directory (one agent per
+ * directory: flock), probes the host and the sandbox, removes what a
+ * previous agent left in the directory (sandboxes, cgroups, mounts, spools).
+ * Does not contact the server. -errno with err set.
+ */
+int agent_new(const struct agent_config *c, struct agent **ret, struct kiln_err *err);
+
+/*
+ * Registers and runs: long-polls for leases while a slot is free, runs each
+ * job on its own thread, heartbeats, ships logs and artifacts. Returns 0 when
+ * stopped with agent_stop() (after the drain), or -errno with err set when
+ * it cannot go on (the state directory failed; an unreachable server is not
+ * fatal: it retries). Called once.
+ */
+int agent_run(struct agent *a, struct kiln_err *err);
+
+/*
+ * Asks agent_run() to return; safe from any thread (not from a signal
+ * handler). drain: take no new leases, let running jobs finish up to the
+ * drain timeout, then kill and release the rest. !drain: kill and release
+ * every job now. A second call may turn a drain into an immediate stop.
+ */
+void agent_stop(struct agent *a, bool drain);
+
+/* Frees the agent (after agent_run() returned, or instead of it). */
+void agent_free(struct agent *a);
+
+/* The labels the agent registers with (valid after agent_new()). */
+void agent_labels(const struct agent *a, char *const **ret, size_t *ret_n);
 
 #define HOST_MAX_GPUS 64
 

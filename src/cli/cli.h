@@ -60,4 +60,7 @@ int cmd_retry(int argc, char **argv);
 int cmd_artifacts(int argc, char **argv);
 int cmd_sandbox(int argc, char **argv);
 extern const char cmd_sandbox_help[];
-
+extern const char cmd_agent_help[];
+int cmd_agent(int argc, char **argv);
+/* $XDG_STATE_HOME/kiln[/sub] (else ~/.local/state/kiln[/sub]); caller frees. */
+char *cli_default_state_dir(const char *sub);

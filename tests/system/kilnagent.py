@@ -1,0 +1,212 @@
+"""Helpers for tests that run real jobs: a `kiln agent` process next to a
+`kiln server` (kilnapi.Server), job submission and waiting, log markers, and
+looking at an agent's sandboxes from the outside (their state entries and
+cgroups) to check that nothing is left behind.
+
+Every process started here is stopped by its PID in cleanups.
+"""
+import glob
+import json
+import os
+import signal
+import subprocess
+import time
+
+import kilntest
+from kilnapi import Server, wait_for
+
+TERMINAL = ("succeeded", "failed", "cancelled", "timed_out", "lost")
+
+
+def skip_reason():
+    """Why real jobs cannot run here (None when they can)."""
+    if not kilntest.is_root():
+        return "the agent's sandboxes need root here (rootless needs a delegated cgroup)"
+    if not os.path.exists(kilntest.KILN_INIT):
+        return f"kiln-init not built ({kilntest.KILN_INIT})"
+    return None
+
+
+class Agent:
+    """A `kiln agent` process with its own state directory."""
+
+    def __init__(self, server_addr, state_dir, name, args=()):
+        self.server_addr = server_addr
+        self.state_dir = state_dir
+        self.name = name
+        self.args = list(args)
+        self.proc = None
+        self.log_path = state_dir + ".log"
+        self.log = None
+
+    def start(self, api=None, timeout=60):
+        self.registrations = self.read_log().count('msg="agent registered"')
+        cmd = [kilntest.KILN, "agent", "--server", self.server_addr, "--state-dir",
+               self.state_dir, "--name", self.name] + self.args
+        env = dict(os.environ)
+        env.setdefault("KILN_INIT", kilntest.KILN_INIT)
+        self.log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=self.log, env=env)
+        if api is not None:
+            self.wait_registered(api, timeout)
+        return self
+
+    def wait_registered(self, api, timeout=60):
+        """Waits for this process's registration (its log line, then the server's view)."""
+        def registered():
+            if self.proc.poll() is not None:
+                raise AssertionError(f"kiln agent exited with {self.proc.returncode}: "
+                                     f"{self.read_log()[-2000:]}")
+            if self.read_log().count('msg="agent registered"') <= self.registrations:
+                return None
+            for a in api.ok("GET", "/v1/agents")["agents"]:
+                if a["name"] == self.name and a["online"]:
+                    return a
+            return None
+        self.info = wait_for(registered, timeout=timeout, what=f"agent {self.name} registered")
+        return self.info
+
+    def read_log(self):
+        try:
+            with open(self.log_path, errors="replace") as f:
+                return f.read()
+        except OSError:
+            return ""
+
+    def signal(self, sig):
+        self.proc.send_signal(sig)
+
+    def wait(self, timeout=60):
+        try:
+            rc = self.proc.wait(timeout=timeout)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+        self.proc = None
+        return rc
+
+    def stop(self, timeout=60):
+        """SIGTERM (drain), then SIGKILL after timeout; returns the exit status."""
+        if not self.proc:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.wait(timeout)
+
+    def kill9(self):
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+        self.log.close()
+        self.proc = None
+
+    # ---- the agent's sandboxes, seen from outside ----
+
+    def sandbox_entries(self):
+        """Ids of the sandbox state entries in the agent's state dir."""
+        d = os.path.join(self.state_dir, "sandbox")
+        return sorted(e for e in os.listdir(d) if not e.startswith(".")) if os.path.isdir(d) else []
+
+    def sandbox_cgroups(self, sandbox_id):
+        """The cgroup directories a sandbox's state entry lists."""
+        info = os.path.join(self.state_dir, "sandbox", sandbox_id, "info")
+        out = []
+        try:
+            with open(info) as f:
+                for line in f:
+                    parts = line.split()
+                    if len(parts) == 3 and parts[0] == "cgroup":
+                        out.append(parts[2])
+        except OSError:
+            pass
+        return out
+
+
+def cgroup_pids(path):
+    """PIDs in a cgroup directory and below it ([] once it is gone)."""
+    pids = []
+    for procs in glob.glob(os.path.join(path, "**", "cgroup.procs"), recursive=True):
+        try:
+            with open(procs) as f:
+                pids += [int(x) for x in f.read().split()]
+        except OSError:
+            pass
+    return pids
+
+
+class JobCase(kilntest.TempDirTestCase):
+    """A server and agents in a temp dir; jobs submitted and awaited."""
+
+    server_args = ("--lease-ttl", "6s")
+    agent_args = ()
+
+    def setUp(self):
+        reason = skip_reason()
+        if reason:
+            self.skipTest(reason)
+        super().setUp()
+        self.server = Server(os.path.join(self.tmp, "server"), self.server_args).start()
+        self.addCleanup(self.stop_server)
+        self.api = self.server.client(timeout=120)
+        self.addCleanup(self.api.close)
+        self.agents = []
+
+    def stop_server(self):
+        if self.server.proc:
+            self.assertEqual(self.server.stop(), 0, self.server.read_log()[-3000:])
+
+    def start_agent(self, name="a1", args=None, register=True):
+        a = Agent(self.server.addr, os.path.join(self.tmp, "agent-" + name), name,
+                  list(self.agent_args if args is None else args))
+        a.start(self.api if register else None)
+        self.agents.append(a)
+        self.addCleanup(self.cleanup_agent, a)
+        return a
+
+    def cleanup_agent(self, a):
+        if a.proc:
+            rc = a.stop(timeout=60)
+            self.assertEqual(rc, 0, "kiln agent did not stop cleanly:\n" + a.read_log()[-3000:])
+        log = a.read_log()
+        for bad in ("Sanitizer", "runtime error:"):
+            self.assertNotIn(bad, log, log[-5000:])
+
+    def submit(self, doc, expect=201):
+        text = doc if isinstance(doc, str) else json.dumps(doc)
+        status, body = self.api.call("POST", "/v1/jobs", text)
+        self.assertEqual(status, expect, body)
+        return body["jobs"][0]["id"] if expect == 201 else body
+
+    def job(self, jid):
+        return self.api.ok("GET", f"/v1/jobs/{jid}")
+
+    def wait_job(self, jid, states=TERMINAL, timeout=120):
+        def done():
+            j = self.job(jid)
+            return j if j["state"] in states else None
+        return wait_for(done, timeout=timeout, interval=0.05, what=f"job {jid} in {states}")
+
+    def log(self, jid, attempt=None):
+        q = f"?attempt={attempt}" if attempt else ""
+        status, _, data = self.api.raw("GET", f"/v1/jobs/{jid}/log{q}")
+        self.assertEqual(status, 200, data)
+        return data
+
+    def artifact(self, jid, path):
+        status, _, data = self.api.raw("GET", f"/v1/jobs/{jid}/artifacts/{path}")
+        return status, data
+
+
+def job(name="job", steps=("true",), **fields):
+    """A job spec dict: steps are run strings or full step dicts."""
+    doc = {"name": name,
+           "steps": [s if isinstance(s, dict) else {"run": s} for s in steps]}
+    doc.update(fields)
+    return doc
+
+
+def markers(log):
+    """The kiln marker lines of a log (bytes), as str."""
+    return [line[len(b"##[kiln] "):].decode() for line in log.split(b"\n")
+            if line.startswith(b"##[kiln] ")]
