@@ -30,11 +30,12 @@ def skip_reason():
 class Agent:
     """A `kiln agent` process with its own state directory."""
 
-    def __init__(self, server_addr, state_dir, name, args=()):
+    def __init__(self, server_addr, state_dir, name, args=(), cgroup_parent=None):
         self.server_addr = server_addr
         self.state_dir = state_dir
         self.name = name
-        self.args = list(args)
+        self.cgroup_parent = cgroup_parent
+        self.args = list(args) + (["--cgroup-parent", cgroup_parent] if cgroup_parent else [])
         self.proc = None
         self.log_path = state_dir + ".log"
         self.log = None
@@ -87,12 +88,18 @@ class Agent:
         self.proc = None
         return rc
 
-    def stop(self, timeout=60):
-        """SIGTERM (drain), then SIGKILL after timeout; returns the exit status."""
+    def stop(self, timeout=60, drain=10):
+        """SIGTERM (drain); after `drain` seconds a second SIGTERM (stop now:
+        running jobs are killed and handed back); SIGKILL after timeout.
+        Returns the exit status."""
         if not self.proc:
             return None
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=drain)
+            except subprocess.TimeoutExpired:
+                self.proc.send_signal(signal.SIGTERM)
         return self.wait(timeout)
 
     def kill9(self):
@@ -103,24 +110,41 @@ class Agent:
 
     # ---- the agent's sandboxes, seen from outside ----
 
+    # ---- the agent's sandboxes, seen from outside: the cgroup tree under
+    # its --cgroup-parent (one directory per sandbox in each hierarchy) ----
+
+    def sandbox_cgroups_by_id(self):
+        """{sandbox id: [cgroup dirs]} under the agent's cgroup parent."""
+        out = {}
+        if not self.cgroup_parent:
+            return out
+        rel = self.cgroup_parent.strip("/")
+        for parent in cgroup_parent_dirs(rel):
+            for d in sorted(os.listdir(parent)):
+                p = os.path.join(parent, d)
+                if os.path.isdir(p) and len(d) == 16:
+                    out.setdefault(d, []).append(p)
+        return out
+
     def sandbox_entries(self):
-        """Ids of the sandbox state entries in the agent's state dir."""
-        d = os.path.join(self.state_dir, "sandbox")
-        return sorted(e for e in os.listdir(d) if not e.startswith(".")) if os.path.isdir(d) else []
+        """Ids of the agent's sandboxes that have cgroups now."""
+        return sorted(self.sandbox_cgroups_by_id())
 
     def sandbox_cgroups(self, sandbox_id):
-        """The cgroup directories a sandbox's state entry lists."""
-        info = os.path.join(self.state_dir, "sandbox", sandbox_id, "info")
-        out = []
-        try:
-            with open(info) as f:
-                for line in f:
-                    parts = line.split()
-                    if len(parts) == 3 and parts[0] == "cgroup":
-                        out.append(parts[2])
-        except OSError:
-            pass
-        return out
+        return self.sandbox_cgroups_by_id().get(sandbox_id, [])
+
+
+def cgroup_parent_dirs(rel):
+    """The directories a cgroup parent path (relative to each hierarchy's
+    root) names, in every mounted hierarchy (v1 controllers and v2)."""
+    roots = set()
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            parts = line.split()
+            sep = parts.index("-")
+            if parts[sep + 1] in ("cgroup", "cgroup2"):
+                roots.add(parts[4])
+    return [os.path.join(r, rel) for r in sorted(roots) if os.path.isdir(os.path.join(r, rel))]
 
 
 def cgroup_pids(path):
@@ -133,6 +157,16 @@ def cgroup_pids(path):
         except OSError:
             pass
     return pids
+
+
+def remove_cgroup_parent(parent):
+    """Removes an (empty) cgroup parent from every hierarchy."""
+    for d in cgroup_parent_dirs(parent.strip("/")):
+        for sub in sorted(glob.glob(os.path.join(d, "**/"), recursive=True), reverse=True):
+            try:
+                os.rmdir(sub)
+            except OSError:
+                pass
 
 
 class JobCase(kilntest.TempDirTestCase):
@@ -157,8 +191,12 @@ class JobCase(kilntest.TempDirTestCase):
             self.assertEqual(self.server.stop(), 0, self.server.read_log()[-3000:])
 
     def start_agent(self, name="a1", args=None, register=True):
+        # Each agent's sandboxes under a cgroup parent of its own, so the
+        # test can find them (and remove the parent afterwards).
+        parent = f"/kiln-systest-{os.getpid()}-{os.path.basename(self.tmp)}-{name}"
         a = Agent(self.server.addr, os.path.join(self.tmp, "agent-" + name), name,
-                  list(self.agent_args if args is None else args))
+                  list(self.agent_args if args is None else args), cgroup_parent=parent)
+        self.addCleanup(remove_cgroup_parent, parent)
         a.start(self.api if register else None)
         self.agents.append(a)
         self.addCleanup(self.cleanup_agent, a)

@@ -321,7 +321,7 @@ class CrashTest(JobCase):
         cgroups = a.sandbox_cgroups(entries[0])
         self.assertTrue(any(cgroup_pids(c) for c in cgroups))
         a.kill9()
-        # Its sandbox's state entry is left behind (kiln-init may notice the
+        # Its sandbox's cgroups are left behind (kiln-init may notice the
         # agent is gone and end the sandbox's processes by itself, or not).
         self.assertIn(entries[0], a.sandbox_entries())
         a.start(self.api)
