@@ -5,8 +5,10 @@
  */
 #include "metrics.h"
 
+#include <dirent.h>
 #include <math.h>
 #include <pthread.h>
+#include <sys/resource.h>
 
 struct series {
 	char **values;
@@ -29,10 +31,19 @@ struct metric {
 	size_t n_series, cap_series;
 };
 
+struct collector {
+	void (*fn)(struct metrics *m, void *ud);
+	void *ud;
+	bool owned; /* ud is freed with the registry */
+};
+
 struct metrics {
 	pthread_mutex_t lock;
+	pthread_mutex_t render_lock; /* one render (collectors + text) at a time */
 	struct metric **families;
 	size_t n, cap;
+	struct collector *collectors;
+	size_t n_collectors, cap_collectors;
 };
 
 const double metrics_latency_buckets[] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
@@ -49,6 +60,7 @@ struct metrics *metrics_new(void)
 {
 	struct metrics *m = xcalloc(1, sizeof(*m));
 	pthread_mutex_init(&m->lock, NULL);
+	pthread_mutex_init(&m->render_lock, NULL);
 	return m;
 }
 
@@ -82,7 +94,12 @@ void metrics_free(struct metrics *m)
 	for (size_t i = 0; i < m->n; i++)
 		family_free(m->families[i]);
 	free(m->families);
+	for (size_t i = 0; i < m->n_collectors; i++)
+		if (m->collectors[i].owned)
+			free(m->collectors[i].ud);
+	free(m->collectors);
 	pthread_mutex_destroy(&m->lock);
+	pthread_mutex_destroy(&m->render_lock);
 	free(m);
 }
 
@@ -190,6 +207,23 @@ void metric_observe(struct metric *f, const char *const *values, double v)
 	pthread_mutex_unlock(&f->lock);
 }
 
+void metric_histogram_set(struct metric *f, const char *const *values, const uint64_t *counts,
+			  double sum)
+{
+	if (f->type != METRIC_HISTOGRAM)
+		return;
+	pthread_mutex_lock(&f->lock);
+	struct series *s = series_get(f, values);
+	uint64_t total = 0;
+	for (size_t b = 0; b <= f->n_buckets; b++) {
+		s->counts[b] = counts[b];
+		total += counts[b];
+	}
+	s->count = total;
+	s->sum = sum;
+	pthread_mutex_unlock(&f->lock);
+}
+
 void metric_reset(struct metric *f)
 {
 	pthread_mutex_lock(&f->lock);
@@ -221,8 +255,16 @@ static void put_value(struct buf *out, double v)
 		buf_puts(out, "NaN");
 	else if (v == floor(v) && fabs(v) < 1e15)
 		buf_printf(out, "%.0f", v);
-	else
-		buf_printf(out, "%.17g", v);
+	else {
+		/* The shortest text that reads back as the same double. */
+		char t[40];
+		for (int prec = 15; prec <= 17; prec++) {
+			snprintf(t, sizeof(t), "%.*g", prec, v);
+			if (strtod(t, NULL) == v)
+				break;
+		}
+		buf_puts(out, t);
+	}
 }
 
 /* Writes {a="x",b="y"[,le="..."]} (nothing if no labels and no le). */
@@ -288,11 +330,141 @@ static void render_family(struct metric *f, struct buf *out)
 	pthread_mutex_unlock(&f->lock);
 }
 
+static void add_collector(struct metrics *m, void (*fn)(struct metrics *m, void *ud), void *ud,
+			  bool owned)
+{
+	pthread_mutex_lock(&m->lock);
+	m->collectors = xgrow(m->collectors, &m->cap_collectors, m->n_collectors + 1,
+			      sizeof(*m->collectors));
+	m->collectors[m->n_collectors++] = (struct collector){fn, ud, owned};
+	pthread_mutex_unlock(&m->lock);
+}
+
+void metrics_on_collect(struct metrics *m, void (*fn)(struct metrics *m, void *ud), void *ud)
+{
+	add_collector(m, fn, ud, false);
+}
+
 void metrics_render(struct metrics *m, struct buf *out)
 {
+	pthread_mutex_lock(&m->render_lock);
+	/* Collectors may register families: run them without the registry lock. */
+	pthread_mutex_lock(&m->lock);
+	size_t n = m->n_collectors;
+	struct collector *cs = xmalloc((n ? n : 1) * sizeof(*cs));
+	memcpy(cs, m->collectors, n * sizeof(*cs));
+	pthread_mutex_unlock(&m->lock);
+	for (size_t i = 0; i < n; i++)
+		cs[i].fn(m, cs[i].ud);
+	free(cs);
 	/* Lock order: registry, then family (registration takes only the first). */
 	pthread_mutex_lock(&m->lock);
 	for (size_t i = 0; i < m->n; i++)
 		render_family(m->families[i], out);
 	pthread_mutex_unlock(&m->lock);
+	pthread_mutex_unlock(&m->render_lock);
+}
+
+/* ---- process_* families --------------------------------------------------- */
+
+struct process_families {
+	struct metric *cpu, *rss, *vsz, *fds, *max_fds, *start;
+};
+
+/* Fields 14 (utime), 15 (stime), 22 (starttime), 23 (vsize), 24 (rss) of /proc/self/stat. */
+static int read_proc_stat(uint64_t *utime, uint64_t *stime, uint64_t *start, uint64_t *vsize,
+			  uint64_t *rss)
+{
+	struct buf b = BUF_INIT;
+	int r = read_file("/proc/self/stat", 4096, &b);
+	if (r < 0)
+		return r;
+	/* The command name (field 2) may hold spaces and ')': skip to the last ')'. */
+	const char *p = strrchr(b.data, ')');
+	if (!p) {
+		buf_release(&b);
+		return -EINVAL;
+	}
+	p++;
+	uint64_t v[25] = {0};
+	int field = 2;
+	while (*p && field < 24) {
+		while (*p == ' ')
+			p++;
+		field++;
+		char *end;
+		v[field] = strtoull(p, &end, 10);
+		p = end;
+		while (*p && *p != ' ')
+			p++;
+	}
+	buf_release(&b);
+	if (field < 24)
+		return -EINVAL;
+	*utime = v[14];
+	*stime = v[15];
+	*start = v[22];
+	*vsize = v[23];
+	*rss = v[24];
+	return 0;
+}
+
+static double boot_time_s(void)
+{
+	struct buf b = BUF_INIT;
+	double bt = 0;
+	if (read_file("/proc/stat", 1 << 20, &b) >= 0) {
+		const char *p = strstr(b.data, "\nbtime ");
+		if (p)
+			bt = strtod(p + strlen("\nbtime "), NULL);
+	}
+	buf_release(&b);
+	return bt;
+}
+
+static void collect_process(struct metrics *m, void *ud)
+{
+	(void)m;
+	struct process_families *pf = ud;
+	uint64_t ut, st, start, vsize, rss;
+	long tck = sysconf(_SC_CLK_TCK), page = sysconf(_SC_PAGESIZE);
+	if (tck > 0 && page > 0 && read_proc_stat(&ut, &st, &start, &vsize, &rss) >= 0) {
+		metric_set(pf->cpu, NULL, (double)(ut + st) / (double)tck);
+		metric_set(pf->rss, NULL, (double)rss * (double)page);
+		metric_set(pf->vsz, NULL, (double)vsize);
+		double bt = boot_time_s();
+		if (bt > 0)
+			metric_set(pf->start, NULL, bt + (double)start / (double)tck);
+	}
+	DIR *d = opendir("/proc/self/fd");
+	if (d) {
+		size_t n = 0;
+		struct dirent *de;
+		while ((de = readdir(d)))
+			if (de->d_name[0] != '.')
+				n++;
+		closedir(d);
+		metric_set(pf->fds, NULL, (double)(n > 0 ? n - 1 : 0)); /* minus opendir's own */
+	}
+	struct rlimit rl;
+	if (getrlimit(RLIMIT_NOFILE, &rl) == 0)
+		metric_set(pf->max_fds, NULL,
+			   rl.rlim_cur == RLIM_INFINITY ? INFINITY : (double)rl.rlim_cur);
+}
+
+void metrics_add_process(struct metrics *m)
+{
+	struct process_families *p = xcalloc(1, sizeof(*p));
+	p->cpu = metrics_counter(m, "process_cpu_seconds_total",
+				 "Total user and system CPU time spent in seconds.", NULL);
+	p->rss = metrics_gauge(m, "process_resident_memory_bytes",
+			       "Resident memory size in bytes.", NULL);
+	p->vsz = metrics_gauge(m, "process_virtual_memory_bytes", "Virtual memory size in bytes.",
+			       NULL);
+	p->fds = metrics_gauge(m, "process_open_fds", "Number of open file descriptors.", NULL);
+	p->max_fds = metrics_gauge(m, "process_max_fds",
+				   "Maximum number of open file descriptors.", NULL);
+	p->start = metrics_gauge(m, "process_start_time_seconds",
+				 "Start time of the process since unix epoch in seconds.", NULL);
+	add_collector(m, collect_process, p, true);
 }

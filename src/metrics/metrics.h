@@ -39,6 +39,30 @@ void metric_observe(struct metric *f, const char *const *values, double v);
 /* Removes every series of a gauge (to re-publish a snapshot). */
 void metric_reset(struct metric *f);
 
+/*
+ * Sets a histogram series from a snapshot kept elsewhere (lock-free counters
+ * on a hot path): `counts` holds n_buckets + 1 per-bucket (not cumulative)
+ * counts, the last one for observations above every bound.
+ */
+void metric_histogram_set(struct metric *f, const char *const *values, const uint64_t *counts,
+			  double sum);
+
+/*
+ * Registers a collector: fn runs at the start of every metrics_render, with
+ * no family lock held, to refresh gauges (or snapshot counters) from state
+ * kept elsewhere. Renders are serialised, so a collector that resets and
+ * refills a family is never seen half-done by another scrape.
+ */
+void metrics_on_collect(struct metrics *m, void (*fn)(struct metrics *m, void *ud), void *ud);
+
+/*
+ * Adds the standard process_* families (process_cpu_seconds_total,
+ * process_resident_memory_bytes, process_virtual_memory_bytes,
+ * process_open_fds, process_max_fds, process_start_time_seconds), read from
+ * /proc/self at each scrape.
+ */
+void metrics_add_process(struct metrics *m);
+
 /* Appends the exposition text of every family, in registration order. */
 void metrics_render(struct metrics *m, struct buf *out);
 

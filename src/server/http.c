@@ -295,19 +295,24 @@ static void req_free(struct req *r)
 	free(r);
 }
 
+/* Lock-free: relaxed atomics on the route's own counters (observe.c reads them). */
 static void count(struct req *r)
 {
-	struct route_stats *st = r->route ? r->route->stats : NULL;
-	if (!st)
-		return;
-	atomic_fetch_add(&st->requests, 1);
+	struct route_stats *st = r->route ? r->route->stats : &http_unmatched_stats;
+	uint64_t ns = now_mono_ns() - r->start_ns;
+	atomic_fetch_add_explicit(&st->requests, 1, memory_order_relaxed);
 	if (r->status < 300)
-		atomic_fetch_add(&st->status_2xx, 1);
+		atomic_fetch_add_explicit(&st->status_2xx, 1, memory_order_relaxed);
 	else if (r->status < 500)
-		atomic_fetch_add(&st->status_4xx, 1);
+		atomic_fetch_add_explicit(&st->status_4xx, 1, memory_order_relaxed);
 	else
-		atomic_fetch_add(&st->status_5xx, 1);
-	atomic_fetch_add(&st->ns_total, now_mono_ns() - r->start_ns);
+		atomic_fetch_add_explicit(&st->status_5xx, 1, memory_order_relaxed);
+	atomic_fetch_add_explicit(&st->codes[http_code_slot(r->status)], 1, memory_order_relaxed);
+	size_t b = 0;
+	while (b < HTTP_LATENCY_BUCKETS && ns > http_latency_bounds_ns[b])
+		b++;
+	atomic_fetch_add_explicit(&st->latency[b], 1, memory_order_relaxed);
+	atomic_fetch_add_explicit(&st->ns_total, ns, memory_order_relaxed);
 }
 
 static enum MHD_Result queue(struct req *r)
@@ -523,8 +528,11 @@ static void request_completed(void *cls, struct MHD_Connection *conn, void **con
 	if (!r)
 		return;
 	*con_cls = NULL;
-	if (r->phase != REQ_SENT && r->route)
+	if (r->phase != REQ_SENT) {
+		/* Never answered: the client went away (nginx's 499). */
+		r->status = 499;
 		count(r);
+	}
 	if (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK)
 		log_debug("request ended early method=%s url=%s reason=%d", r->method,
 			  r->url ? r->url : "?", (int)toe);

@@ -149,6 +149,7 @@ static void submit_jobs(struct req *r, struct submit_ctx *c)
 		json_array_append_new(arr, proto_job_to_json(&pj, 0));
 	}
 	c->reply = json_pack("{s:o}", "jobs", arr);
+	obs_jobs_submitted(s, ORG_DEFAULT, c->n);
 	r->ctx = c;
 	r->ctx_free = submit_ctx_free;
 	r->mut = (struct store_mut){.kind = STORE_JOBS_INSERT,
@@ -386,6 +387,7 @@ static void cancel_done(struct store_mut *m, void *ud)
 				"job %" PRId64 " could not be cancelled: it has just ended", c->id);
 		return;
 	}
+	obs_job_ended(r->srv, JOB_CANCELLED, ORG_DEFAULT);
 	req_reply_json(r, MHD_HTTP_OK,
 		       json_pack("{s:I,s:s,s:s}", "id", (json_int_t)c->id, "state", "cancelled",
 				 "previous_state", job_state_to_string(c->previous)));
@@ -517,6 +519,8 @@ static void complete_done(struct store_mut *m, void *ud)
 		reply_stale(r, c->id, m->finish.fence, NULL, why);
 		return;
 	}
+	if (m->result == 0)
+		obs_job_ended(r->srv, c->state, ORG_DEFAULT);
 	req_reply_json(r, MHD_HTTP_OK,
 		       json_pack("{s:I,s:s,s:b}", "id", (json_int_t)c->id, "state",
 				 job_state_to_string(c->state), "duplicate", m->result == 1));

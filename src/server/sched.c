@@ -497,6 +497,7 @@ struct sjob *sched_add_job(struct server *s, int64_t id, const char *name, int64
 {
 	struct sjob *j = job_new(s, id, name, priority, runs_on, needs, max_attempts, timeout_ms);
 	j->state = JOB_QUEUED;
+	j->queued_ns = now_mono_ns();
 	heap_push(j->cls, j);
 	return j;
 }
@@ -552,6 +553,7 @@ void sched_end_lease(struct server *s, struct sjob *j, const char *revoke_reason
 void sched_requeue(struct server *s, struct sjob *j)
 {
 	j->state = JOB_QUEUED;
+	j->queued_ns = now_mono_ns();
 	heap_push(j->cls, j);
 	sched_dispatch(s, j);
 }
@@ -733,6 +735,7 @@ void sched_grant(struct server *s, struct sjob *j, struct sagent *a, struct req 
 	j->deadline_ns = now + (j->timeout_ms + s->cfg.timeout_grace_ms) * NSEC_PER_MSEC;
 	agent_add_job(a, j);
 	active_add(s, j);
+	obs_lease_granted(s, now > j->queued_ns ? now - j->queued_ns : 0);
 
 	fence_reserve_ahead(s);
 	log_debug("lease granted job=%" PRId64 " agent=%s fence=%" PRId64 " attempt=%" PRId64,
@@ -795,6 +798,7 @@ void sched_release(struct server *s, struct sjob *j, const char *why, bool revok
 						  .now = proto_now_ms(), .refund = true};
 		mut_set_msg(m, msg);
 		mut_submit_detached(s, m);
+		obs_job_requeued(s, ORG_DEFAULT);
 		sched_end_lease(s, j, revoke ? "lease_expired" : NULL);
 		sched_requeue(s, j);
 		return;
@@ -811,6 +815,7 @@ void sched_release(struct server *s, struct sjob *j, const char *why, bool revok
 						  .now = proto_now_ms()};
 		mut_set_msg(m, msg);
 		mut_submit_detached(s, m);
+		obs_job_requeued(s, ORG_DEFAULT);
 		sched_end_lease(s, j, revoke ? "lease_expired" : NULL);
 		sched_requeue(s, j);
 		return;
@@ -825,6 +830,7 @@ void sched_release(struct server *s, struct sjob *j, const char *why, bool revok
 					.message = msg, .now = proto_now_ms()};
 	mut_set_msg(m, msg);
 	mut_submit_detached(s, m);
+	obs_job_ended(s, JOB_LOST, ORG_DEFAULT);
 	struct sagent *a = j->agent;
 	sched_end_lease(s, j, revoke ? "lost" : NULL);
 	sched_free_job(s, j);
@@ -838,6 +844,7 @@ static void expire_lease(struct server *s, struct sjob *j)
 	format_duration_ms(s->cfg.lease_ttl_ms, ttl);
 	_cleanup_free_ char *why = xasprintf("lease expired: agent '%s' did not renew it within %s",
 					     j->agent ? j->agent->name : "?", ttl);
+	obs_lease_expired(s);
 	sched_release(s, j, why, true, false);
 }
 
@@ -858,6 +865,7 @@ static void time_out(struct server *s, struct sjob *j)
 					.now = proto_now_ms()};
 	mut_set_msg(m, msg);
 	mut_submit_detached(s, m);
+	obs_job_ended(s, JOB_TIMED_OUT, ORG_DEFAULT);
 	struct sagent *a = j->agent;
 	sched_end_lease(s, j, "timed_out");
 	sched_free_job(s, j);
@@ -956,6 +964,13 @@ static void load_job(void *ud, const struct proto_job *pj)
 				 pj->max_attempts, pj->timeout_ms);
 	j->attempt = pj->attempt;
 	j->fence = pj->fence;
+	/* In the queue since it was submitted (or, if it ran before, since about
+	 * now: when it went back is not stored). */
+	uint64_t now_ms = proto_now_ms(), mono = now_mono_ns();
+	uint64_t since_ms = pj->attempt == 0 && pj->submitted_at && now_ms > pj->submitted_at
+				    ? now_ms - pj->submitted_at
+				    : 0;
+	j->queued_ns = mono > since_ms * NSEC_PER_MSEC ? mono - since_ms * NSEC_PER_MSEC : 0;
 	if (pj->state == JOB_QUEUED) {
 		j->state = JOB_QUEUED;
 		heap_push(j->cls, j);
@@ -964,9 +979,9 @@ static void load_job(void *ud, const struct proto_job *pj)
 	/* Leased or running: the holder gets a full lease from now to come back
 	 * (lease expiry times are not stored; see docs/internals/server.md). */
 	j->state = pj->state;
-	uint64_t now = now_mono_ns();
+	uint64_t now = mono;
 	j->lease_expires_ns = now + s->cfg.lease_ttl_ms * NSEC_PER_MSEC;
-	uint64_t elapsed_ms = 0, now_ms = proto_now_ms();
+	uint64_t elapsed_ms = 0;
 	if (pj->leased_at && now_ms > pj->leased_at)
 		elapsed_ms = now_ms - pj->leased_at;
 	uint64_t budget = j->timeout_ms + s->cfg.timeout_grace_ms;

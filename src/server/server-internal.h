@@ -37,15 +37,20 @@ enum body_kind {
 };
 
 enum {
-	ROUTE_PUBLIC = 1 << 0, /* no authentication, ever (health) */
-	ROUTE_AGENT = 1 << 1,  /* an agent's call (role check, later) */
+	ROUTE_PUBLIC = 1 << 0,  /* no authentication, ever (health) */
+	ROUTE_AGENT = 1 << 1,   /* an agent's call (role check, later) */
+	ROUTE_METRICS = 1 << 2, /* GET /metrics: may have a token of its own */
 };
 
-/* Per-route counters, exported by /metrics later. */
+/* Per-route counters (lock-free), exported by /metrics (observe.c). */
+#define HTTP_CODE_SLOTS 29      /* 24 common status codes + 1xx..5xx for the rest */
+#define HTTP_LATENCY_BUCKETS 16 /* http_latency_bounds_ns, + one above the last */
 struct route_stats {
 	atomic_uint_fast64_t requests;
 	atomic_uint_fast64_t status_2xx, status_4xx, status_5xx;
 	atomic_uint_fast64_t ns_total;
+	atomic_uint_fast64_t codes[HTTP_CODE_SLOTS];
+	atomic_uint_fast64_t latency[HTTP_LATENCY_BUCKETS + 1];
 };
 
 struct route {
@@ -185,6 +190,7 @@ struct sjob {
 	struct sjob *aprev, *anext; /* server.active list */
 	struct joblog *log;        /* open log of the current attempt */
 	uint64_t insert_seq;       /* store sequence of its insert (0: durable at load) */
+	uint64_t queued_ns;        /* monotonic: entered the queue (submit or requeue) */
 };
 
 /* A lease the server took back (cancel, timeout, expiry) that the agent may
@@ -274,7 +280,12 @@ struct server {
 	pthread_cond_t timer_cond;
 	bool timer_running;
 	uint64_t now_mono_cache;
+
+	struct server_obs *obs; /* metrics (observe.c) */
 };
+
+/* The org of everything until organisations exist (metrics labels, usage). */
+#define ORG_DEFAULT "default"
 
 /* sched.c */
 int sched_load(struct server *s, struct kiln_err *err);
@@ -360,6 +371,20 @@ void logs_ping(struct server *s, uint64_t now_ns);
 void follower_free(struct follower *f);
 /* Closes the open log of j's attempt (fdatasync if written). Under lock. */
 void logs_attempt_ended(struct server *s, struct sjob *j);
+
+/* observe.c: metrics. Hooks are cheap and may be called under server.lock. */
+extern const uint64_t http_latency_bounds_ns[HTTP_LATENCY_BUCKETS];
+extern struct route_stats http_unmatched_stats;
+size_t http_code_slot(unsigned status);
+void obs_init(struct server *s);
+void obs_free(struct server *s);
+void obs_jobs_submitted(struct server *s, const char *org, size_t n);
+void obs_job_ended(struct server *s, enum job_state st, const char *org);
+void obs_job_requeued(struct server *s, const char *org);
+/* A lease was granted to a job that waited waited_ns in the queue. */
+void obs_lease_granted(struct server *s, uint64_t waited_ns);
+void obs_lease_expired(struct server *s);
+void h_metrics(struct req *r);
 
 /* artifacts.c */
 void upload_free(struct upload *u);

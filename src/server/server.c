@@ -49,6 +49,7 @@ void server_config_init(struct server_config *c)
 const struct route server_routes[] = {
 	R("GET", "/healthz", "healthz", BODY_NONE, ROUTE_PUBLIC, h_healthz, NULL),
 	R("GET", "/readyz", "readyz", BODY_NONE, ROUTE_PUBLIC, h_readyz, NULL),
+	R("GET", "/metrics", "metrics", BODY_NONE, ROUTE_METRICS, h_metrics, NULL),
 	R("POST", "/v1/jobs", "jobs.submit", BODY_TEXT, 0, h_jobs_submit, NULL),
 	R("GET", "/v1/jobs", "jobs.list", BODY_NONE, 0, h_jobs_list, NULL),
 	R("GET", "/v1/jobs/{id}", "jobs.get", BODY_NONE, 0, h_jobs_get, NULL),
@@ -176,6 +177,7 @@ int server_new(const struct server_config *c, struct server **ret, struct kiln_e
 	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
 	pthread_cond_init(&s->timer_cond, &ca);
 	pthread_condattr_destroy(&ca);
+	obs_init(s);
 
 	r = make_dirs(s, err);
 	if (r >= 0)
@@ -244,6 +246,7 @@ void server_free(struct server *s)
 	server_stop(s);
 	store_close(s->store);
 	sched_free(s);
+	obs_free(s);
 	if (s->lock_fd >= 0)
 		close(s->lock_fd);
 	pthread_mutex_destroy(&s->lock);

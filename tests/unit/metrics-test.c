@@ -54,6 +54,50 @@ TEST(same_name_same_family)
 	metrics_free(m);
 }
 
+struct collect_ctx {
+	struct metric *g;
+	int calls;
+};
+
+static void collect(struct metrics *m, void *ud)
+{
+	(void)m;
+	struct collect_ctx *c = ud;
+	c->calls++;
+	metric_reset(c->g);
+	metric_set(c->g, (const char *const[]){"default"}, c->calls * 10);
+}
+
+TEST(collectors_and_snapshots)
+{
+	struct metrics *m = metrics_new();
+	static const char *const ol[] = {"org", NULL};
+	struct collect_ctx c = {.g = metrics_gauge(m, "kiln_queue_depth", "Queued jobs.", ol)};
+	metrics_on_collect(m, collect, &c);
+	static const double b[] = {1, 2};
+	struct metric *h = metrics_histogram(m, "x_seconds", "x.", NULL, b, 2);
+	metric_histogram_set(h, NULL, (const uint64_t[]){1, 0, 2}, 7.5);
+	metrics_add_process(m);
+	struct buf out = BUF_INIT;
+	metrics_render(m, &out);
+	CHECK(c.calls == 1);
+	CHECK(strstr(out.data, "kiln_queue_depth{org=\"default\"} 10\n") != NULL);
+	CHECK(strstr(out.data, "x_seconds_bucket{le=\"1\"} 1\n") != NULL);
+	CHECK(strstr(out.data, "x_seconds_bucket{le=\"2\"} 1\n") != NULL);
+	CHECK(strstr(out.data, "x_seconds_bucket{le=\"+Inf\"} 3\n") != NULL);
+	CHECK(strstr(out.data, "x_seconds_sum 7.5\n") != NULL);
+	CHECK(strstr(out.data, "x_seconds_count 3\n") != NULL);
+	CHECK(strstr(out.data, "\nprocess_resident_memory_bytes ") != NULL);
+	CHECK(strstr(out.data, "\nprocess_open_fds ") != NULL);
+	CHECK(strstr(out.data, "\nprocess_start_time_seconds ") != NULL);
+	buf_reset(&out);
+	metrics_render(m, &out);
+	CHECK(c.calls == 2);
+	CHECK(strstr(out.data, "kiln_queue_depth{org=\"default\"} 20\n") != NULL);
+	buf_release(&out);
+	metrics_free(m);
+}
+
 TEST(promtool_accepts)
 {
 	if (access("/usr/bin/promtool", X_OK) != 0) {
@@ -61,6 +105,7 @@ TEST(promtool_accepts)
 		return;
 	}
 	struct metrics *m = sample();
+	metrics_add_process(m);
 	struct buf out = BUF_INIT;
 	metrics_render(m, &out);
 	FILE *p = popen("/usr/bin/promtool check metrics >/dev/null 2>&1", "w");
