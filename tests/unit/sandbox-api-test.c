@@ -7,7 +7,7 @@
  */
 #include "tap.h"
 
-#include "sandbox/sandbox.h"
+#include "sandbox/sandbox-internal.h"
 
 #include <dirent.h>
 #include <fcntl.h>
@@ -15,6 +15,7 @@
 #include <pthread.h>
 #include <signal.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 
 /* A modifiable string (argv and envp are char *const *). */
 #define S(lit) ((char[]){lit})
@@ -258,6 +259,63 @@ TEST(concurrent_sandboxes_from_threads)
 		}
 	if (d)
 		closedir(d);
+}
+
+/* The v1 path of a cgroup kill (used where no cgroup2 is mounted, and by
+ * the leftover cleanup): freeze, SIGKILL every task, thaw, rmdir — against
+ * processes that keep forking. */
+TEST(v1_freezer_kill)
+{
+	if (!prereqs())
+		return;
+	if (access("/sys/fs/cgroup/freezer/cgroup.procs", F_OK) < 0) {
+		printf("# no v1 freezer hierarchy here\n");
+		return;
+	}
+	char dir[128];
+	snprintf(dir, sizeof(dir), "/sys/fs/cgroup/freezer/kiln-unit-freeze-%d", (int)getpid());
+	CHECK_EQ(mkdir(dir, 0755), 0);
+	pid_t kids[3];
+	for (int i = 0; i < 3; i++) {
+		kids[i] = fork();
+		if (kids[i] == 0) {
+			char procs[160], me[16];
+			snprintf(procs, sizeof(procs), "%s/cgroup.procs", dir);
+			snprintf(me, sizeof(me), "%d", (int)getpid());
+			int fd = open(procs, O_WRONLY | O_CLOEXEC);
+			if (fd < 0 || write(fd, me, strlen(me)) < 0)
+				_exit(1);
+			close(fd);
+			for (;;) { /* a small fork loop: children come and go */
+				pid_t c = fork();
+				if (c == 0)
+					_exit(0);
+				if (c > 0)
+					waitpid(c, NULL, 0);
+			}
+		}
+	}
+	/* Wait until all three are in the cgroup. */
+	for (int tries = 0; tries < 1000; tries++) {
+		struct buf b = BUF_INIT;
+		char procs[160];
+		snprintf(procs, sizeof(procs), "%s/cgroup.procs", dir);
+		int lines = 0;
+		if (read_file(procs, 1 << 16, &b) >= 0)
+			for (size_t i = 0; i < b.len; i++)
+				lines += b.data[i] == '\n';
+		buf_release(&b);
+		if (lines >= 3)
+			break;
+		usleep(1000);
+	}
+	CHECK_EQ(cg_dir_kill_and_remove(dir, false), 0);
+	for (int i = 0; i < 3; i++) {
+		int st = 0;
+		CHECK_EQ(waitpid(kids[i], &st, 0), kids[i]);
+		CHECK(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL);
+	}
+	CHECK(access(dir, F_OK) < 0);
 }
 
 int main(void)
