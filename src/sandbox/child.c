@@ -409,6 +409,13 @@ static void make_private(struct child *c)
 
 static void join_cgroups(struct child *c)
 {
+	/* A real-time policy inherited from the caller is not the job's (and
+	 * a v1 cpu cgroup without RT runtime refuses RT tasks). */
+	struct sched_param sp = {.sched_priority = 0};
+	int policy = sched_getscheduler(0);
+	if ((policy == SCHED_FIFO || policy == SCHED_RR) &&
+	    sched_setscheduler(0, SCHED_OTHER, &sp) < 0)
+		fail(c, SB_STEP_CGROUP, errno, "reset the scheduling policy", NULL);
 	for (uint32_t i = 0; i < c->fin.n_tasks; i++) {
 		if (write(c->tasks[i], "0", 1) != 1)
 			fail(c, SB_STEP_CGROUP, errno, NULL, NULL);

@@ -383,6 +383,15 @@ a, _ = srv.accept(); c.sendall(b"ping"); print("loopback", a.recv(4).decode())
         self.assertEqual(lines[0], "1000")
         self.assertIn("0000000000000000", lines[1])
 
+    def test_realtime_policy_not_inherited(self):
+        if not shutil.which("chrt"):
+            self.skipTest("needs chrt (util-linux)")
+        args = [kilntest.KILN, "sandbox", "run", "--state-dir", self.state, "--cgroup-parent",
+                self.cg_parent, "--cpus", "1", "--", "sh", "-c", "chrt -p $$"]
+        p = subprocess.run(["chrt", "-f", "10"] + args, capture_output=True, text=True, timeout=60)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertIn("SCHED_OTHER", p.stdout)
+
     # ---- limits and accounting ------------------------------------------------------
 
     def test_fork_bomb_stops_at_pids_limit(self):
