@@ -655,13 +655,17 @@ static struct netns_prep *netns_start(void)
 	pthread_cond_init(&n->cond, NULL);
 	n->fd = -1;
 	n->refs = 2;
+	/* In parallel only with CPUs to spare: on a small or busy machine the
+	 * helper would just wait for the CPU its creator holds. */
+	cpu_set_t cpus;
+	bool spare = sched_getaffinity(0, sizeof(cpus), &cpus) == 0 && CPU_COUNT(&cpus) >= 4;
 	pthread_attr_t attr;
 	pthread_t t;
 	pthread_attr_init(&attr);
 	pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
 	pthread_attr_setstacksize(&attr, 64 * 1024);
-	if (pthread_create(&t, &attr, netns_main, n) != 0) {
-		/* No thread: do it here, which changes this thread's netns. */
+	if (!spare || pthread_create(&t, &attr, netns_main, n) != 0) {
+		/* Here and now, which changes this thread's netns for a moment. */
 		int home = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
 		netns_make(n);
 		if (home < 0 || setns(home, CLONE_NEWNET) < 0)
