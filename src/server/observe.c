@@ -63,7 +63,7 @@ static void code_name(size_t slot, char out[8])
 	if (slot < ARRAY_SIZE(code_slots))
 		snprintf(out, 8, "%u", code_slots[slot]);
 	else
-		snprintf(out, 8, "%zuxx", slot - ARRAY_SIZE(code_slots) + 1);
+		snprintf(out, 8, "%cxx", (char)('0' + (slot - ARRAY_SIZE(code_slots) + 1) % 10));
 }
 
 /* Requests that matched no route (scanners, typos): one pseudo-route. */
