@@ -153,6 +153,12 @@ struct metric *metrics_histogram(struct metrics *m, const char *name, const char
 	return family_new(m, METRIC_HISTOGRAM, name, help, labels, buckets, n_buckets);
 }
 
+/* The j-th label value; NULL values (or a NULL list) read as "". */
+static const char *label_value(const char *const *values, size_t j)
+{
+	return values && values[j] ? values[j] : "";
+}
+
 /* Finds or creates the series; called with f->lock held. */
 static struct series *series_get(struct metric *f, const char *const *values)
 {
@@ -160,7 +166,7 @@ static struct series *series_get(struct metric *f, const char *const *values)
 		struct series *s = &f->series[i];
 		size_t j;
 		for (j = 0; j < f->n_labels; j++)
-			if (!streq(s->values[j], values[j] ? values[j] : ""))
+			if (!streq(s->values[j], label_value(values, j)))
 				break;
 		if (j == f->n_labels)
 			return s;
@@ -170,7 +176,7 @@ static struct series *series_get(struct metric *f, const char *const *values)
 	memset(s, 0, sizeof(*s));
 	s->values = xcalloc(f->n_labels ? f->n_labels : 1, sizeof(char *));
 	for (size_t j = 0; j < f->n_labels; j++)
-		s->values[j] = xstrdup(values[j] ? values[j] : "");
+		s->values[j] = xstrdup(label_value(values, j));
 	if (f->type == METRIC_HISTOGRAM)
 		s->counts = xcalloc(f->n_buckets + 1, sizeof(uint64_t));
 	return s;
@@ -352,7 +358,8 @@ void metrics_render(struct metrics *m, struct buf *out)
 	pthread_mutex_lock(&m->lock);
 	size_t n = m->n_collectors;
 	struct collector *cs = xmalloc((n ? n : 1) * sizeof(*cs));
-	memcpy(cs, m->collectors, n * sizeof(*cs));
+	if (n)
+		memcpy(cs, m->collectors, n * sizeof(*cs));
 	pthread_mutex_unlock(&m->lock);
 	for (size_t i = 0; i < n; i++)
 		cs[i].fn(m, cs[i].ud);
