@@ -86,7 +86,9 @@ int proto_parse_time(const char *s, uint64_t *ret_ms)
 	}
 	if ((*p != 'Z' && *p != 'z') || p[1])
 		return -EINVAL;
-	if (mo < 1 || mo > 12 || d < 1 || d > 31 || h > 23 || mi > 59 || sec > 60)
+	/* Years past 2500 would overflow the nanosecond clocks times end up in. */
+	if (y < 1970 || y > 2500 || mo < 1 || mo > 12 || d < 1 || d > 31 || h > 23 || mi > 59 ||
+	    sec > 60)
 		return -EINVAL;
 	struct tm tm = {.tm_year = y - 1900, .tm_mon = mo - 1, .tm_mday = d,
 			.tm_hour = h, .tm_min = mi, .tm_sec = sec};

@@ -153,7 +153,7 @@ json_t *proto_error(const char *code, const char *fmt, ...) KILN_PRINTF(2, 3);
 
 /* Sets key to an RFC 3339 string, or null when ms is 0. */
 void proto_set_time(json_t *o, const char *key, uint64_t ms);
-/* Parses "YYYY-MM-DDTHH:MM:SS[.fff]Z" to Unix ms; -EINVAL if malformed. */
+/* Parses "YYYY-MM-DDTHH:MM:SS[.fff]Z" (years 1970..2500) to Unix ms; -EINVAL otherwise. */
 int proto_parse_time(const char *s, uint64_t *ret_ms);
 /* Wall-clock now in Unix ms. */
 uint64_t proto_now_ms(void);
