@@ -62,5 +62,7 @@ int cmd_sandbox(int argc, char **argv);
 extern const char cmd_sandbox_help[];
 extern const char cmd_agent_help[];
 int cmd_agent(int argc, char **argv);
+extern const char cmd_usage_help[];
+int cmd_usage(int argc, char **argv);
 /* $XDG_STATE_HOME/kiln[/sub] (else ~/.local/state/kiln[/sub]); caller frees. */
 char *cli_default_state_dir(const char *sub);

@@ -437,6 +437,7 @@ static void describe_job(struct kiln_client *c, const json_t *j)
 		table_print(&t, stdout);
 		table_release(&t);
 	}
+	cli_describe_usage(j);
 	_cleanup_free_ char *path = xasprintf("/v1/jobs/%s/artifacts", cli_str(json_object_get(j, "id"), b));
 	json_t *ans = NULL;
 	struct kiln_err err = {0};

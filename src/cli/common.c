@@ -13,6 +13,8 @@ const struct cli_command cli_commands[] = {
 	{"cancel", "cancel jobs", cmd_cancel_help, cmd_cancel},
 	{"retry", "submit finished jobs again", cmd_retry_help, cmd_retry},
 	{"artifacts", "list or download a job's artifacts", cmd_artifacts_help, cmd_artifacts},
+	{"usage", "what jobs used, per org over a period (table, CSV, JSON)", cmd_usage_help,
+	 cmd_usage},
 	{"agent", "run a host agent: lease jobs, run them in sandboxes", cmd_agent_help, cmd_agent},
 	{"sandbox", "run a command in a sandbox by hand (run, probe, cleanup)", cmd_sandbox_help,
 	 cmd_sandbox},

@@ -46,5 +46,8 @@ int cli_follow_log(struct kiln_client *c, int64_t id, int64_t attempt, uint64_t 
 
 /* "5s", "3m", "2h", "4d" since the RFC 3339 time `ts` (JSON string or null: "-"). */
 void cli_age(const json_t *ts, char out[32]);
+/* kiln describe job: prints the "Usage:" section of a job (cmd-usage.c). */
+void cli_describe_usage(const json_t *job);
+
 /* Integer, string, or "-" for null/missing, as text. */
 const char *cli_str(const json_t *v, char buf[64]);

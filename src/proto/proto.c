@@ -238,6 +238,93 @@ int proto_capacity_from_json(json_t *o, const char *what, struct proto_capacity 
 	return 0;
 }
 
+/* ---- usage ---------------------------------------------------------------- */
+
+json_t *proto_usage_to_json(const struct proto_usage *u)
+{
+	json_t *o = json_object();
+	json_object_set_new(o, "reported", json_boolean(u->reported));
+	json_object_set_new(o, "queue_wait_ms", json_integer((json_int_t)u->queue_wait_ms));
+	json_object_set_new(o, "wall_ms", json_integer((json_int_t)u->wall_ms));
+	json_object_set_new(o, "cpu_user_ms", json_integer((json_int_t)u->cpu_user_ms));
+	json_object_set_new(o, "cpu_system_ms", json_integer((json_int_t)u->cpu_system_ms));
+	json_object_set_new(o, "cpu_ms",
+			    json_integer((json_int_t)(u->cpu_user_ms + u->cpu_system_ms)));
+	json_object_set_new(o, "memory_peak_bytes", json_integer((json_int_t)u->memory_peak_bytes));
+	json_object_set_new(o, "io_read_bytes", json_integer((json_int_t)u->io_read_bytes));
+	json_object_set_new(o, "io_write_bytes", json_integer((json_int_t)u->io_write_bytes));
+	json_object_set_new(o, "oom_kills", json_integer((json_int_t)u->oom_kills));
+	json_object_set_new(o, "gpus", json_integer((json_int_t)u->gpus));
+	json_object_set_new(o, "gpu_ms", json_integer((json_int_t)((uint64_t)u->gpus * u->wall_ms)));
+	json_object_set_new(o, "executor", u->executor[0] ? json_string(u->executor) : json_null());
+	return o;
+}
+
+#define USAGE_MAX (1LL << 53)
+
+int proto_usage_from_json(const json_t *o, struct proto_usage *ret, struct kiln_err *err)
+{
+	static const struct {
+		const char *key;
+		size_t off;
+	} fields[] = {
+		{"wall_ms", offsetof(struct proto_usage, wall_ms)},
+		{"cpu_user_ms", offsetof(struct proto_usage, cpu_user_ms)},
+		{"cpu_system_ms", offsetof(struct proto_usage, cpu_system_ms)},
+		{"memory_peak_bytes", offsetof(struct proto_usage, memory_peak_bytes)},
+		{"io_read_bytes", offsetof(struct proto_usage, io_read_bytes)},
+		{"io_write_bytes", offsetof(struct proto_usage, io_write_bytes)},
+		{"oom_kills", offsetof(struct proto_usage, oom_kills)},
+	};
+	struct proto_usage u = {.reported = true};
+	if (!json_is_object(o))
+		return kiln_err_set(err, -EINVAL, "usage: expected an object");
+	for (size_t i = 0; i < ARRAY_SIZE(fields); i++) {
+		const json_t *v = json_object_get(o, fields[i].key);
+		if (!v || json_is_null(v))
+			continue;
+		if (!json_is_integer(v) || json_integer_value(v) < 0 ||
+		    json_integer_value(v) > USAGE_MAX)
+			return kiln_err_set(err, -EINVAL,
+					    "usage.%s: expected an integer in 0..2^53", fields[i].key);
+		uint64_t x = (uint64_t)json_integer_value(v);
+		memcpy((char *)&u + fields[i].off, &x, sizeof(x));
+	}
+	const json_t *ex = json_object_get(o, "executor");
+	if (ex && !json_is_null(ex)) {
+		const char *s = json_string_value(ex);
+		size_t n = s ? strlen(s) : 0;
+		bool ok = s && n > 0 && n < PROTO_EXECUTOR_MAX;
+		for (size_t i = 0; ok && i < n; i++)
+			ok = (s[i] >= 'a' && s[i] <= 'z') || (s[i] >= '0' && s[i] <= '9') ||
+			     s[i] == '-';
+		if (!ok)
+			return kiln_err_set(err, -EINVAL,
+					    "usage.executor: expected a name of 1..%d lower-case "
+					    "letters, digits or '-'",
+					    PROTO_EXECUTOR_MAX - 1);
+		memcpy(u.executor, s, n + 1);
+	}
+	*ret = u;
+	return 0;
+}
+
+void proto_usage_add(struct proto_usage *sum, const struct proto_usage *u)
+{
+	sum->reported = sum->reported || u->reported;
+	sum->queue_wait_ms += u->queue_wait_ms;
+	sum->wall_ms += u->wall_ms;
+	sum->cpu_user_ms += u->cpu_user_ms;
+	sum->cpu_system_ms += u->cpu_system_ms;
+	sum->memory_peak_bytes = MAX(sum->memory_peak_bytes, u->memory_peak_bytes);
+	sum->io_read_bytes += u->io_read_bytes;
+	sum->io_write_bytes += u->io_write_bytes;
+	sum->oom_kills += u->oom_kills;
+	sum->gpus = MAX(sum->gpus, u->gpus);
+	if (u->executor[0])
+		memcpy(sum->executor, u->executor, sizeof(sum->executor));
+}
+
 /* ---- jobs ----------------------------------------------------------------- */
 
 static void attempt_release(struct proto_attempt *a)
@@ -283,6 +370,7 @@ static json_t *attempt_to_json(const struct proto_attempt *a)
 	json_object_set_new(o, "exit_code",
 			    a->has_exit_code ? json_integer(a->exit_code) : json_null());
 	json_object_set_new(o, "message", a->message ? json_string(a->message) : json_null());
+	json_object_set_new(o, "usage", proto_usage_to_json(&a->usage));
 	return o;
 }
 
@@ -314,6 +402,7 @@ json_t *proto_job_to_json(const struct proto_job *j, unsigned flags)
 		for (size_t i = 0; i < j->n_attempts; i++)
 			json_array_append_new(a, attempt_to_json(&j->attempts[i]));
 		json_object_set_new(o, "attempts", a);
+		json_object_set_new(o, "usage", proto_usage_to_json(&j->usage));
 	}
 	return o;
 }

@@ -56,6 +56,44 @@ json_t *proto_capacity_to_json(const struct proto_capacity *c);
 int proto_capacity_from_json(json_t *o, const char *what, struct proto_capacity *ret,
 			     struct kiln_err *err);
 
+/* ---- usage ---------------------------------------------------------------- */
+
+/*
+ * What an attempt used: measured by the agent (wall, CPU, memory, I/O,
+ * OOM kills) and by the server (queue wait, GPUs held). A job's usage is
+ * the sum over its attempts (memory peak: the largest). The basis for
+ * `kiln usage` (chargeback) and the job-usage metrics.
+ */
+#define PROTO_EXECUTOR_MAX 16
+struct proto_usage {
+	bool reported;          /* the agent reported its measures (else only the server's) */
+	uint64_t queue_wait_ms; /* in the queue before this lease */
+	uint64_t wall_ms;
+	uint64_t cpu_user_ms, cpu_system_ms;
+	uint64_t memory_peak_bytes;
+	uint64_t io_read_bytes, io_write_bytes;
+	uint64_t oom_kills;
+	int64_t gpus;                         /* GPUs the lease held */
+	char executor[PROTO_EXECUTOR_MAX];    /* "sandbox", "vm", "gpu"; "" = not reported */
+};
+
+/*
+ * {"reported":..,"queue_wait_ms":..,"wall_ms":..,"cpu_user_ms":..,
+ *  "cpu_system_ms":..,"cpu_ms":..,"memory_peak_bytes":..,"io_read_bytes":..,
+ *  "io_write_bytes":..,"oom_kills":..,"gpus":..,"gpu_ms":..,"executor":..}
+ * (gpu_ms = gpus x wall_ms; new reference).
+ */
+json_t *proto_usage_to_json(const struct proto_usage *u);
+/*
+ * Reads an agent's usage report: the integer fields above (each 0..2^53,
+ * missing = 0) and "executor" (lower-case letters, digits and '-', at most
+ * 15). Unknown fields are ignored (agents may report more). Sets reported.
+ * -EINVAL with err naming the field.
+ */
+int proto_usage_from_json(const json_t *o, struct proto_usage *ret, struct kiln_err *err);
+/* Adds u into sum (memory peak and gpus: the larger; executor: the last). */
+void proto_usage_add(struct proto_usage *sum, const struct proto_usage *u);
+
 /* ---- jobs ----------------------------------------------------------------- */
 
 struct proto_attempt {
@@ -68,6 +106,7 @@ struct proto_attempt {
 	bool has_exit_code;
 	int exit_code;
 	char *message; /* may be NULL */
+	struct proto_usage usage;
 };
 
 struct proto_job {
@@ -90,6 +129,7 @@ struct proto_job {
 	json_t *spec;     /* normalised spec (owned reference); NULL when not loaded */
 	struct proto_attempt *attempts;
 	size_t n_attempts;
+	struct proto_usage usage; /* sum over attempts (when attempts are loaded) */
 	/* Scheduler overlay, not stored: set for queued jobs no agent can run. */
 	bool unschedulable;
 	char *reason;

@@ -571,9 +571,16 @@ void h_jobs_complete(struct req *r)
 	bool has_code;
 	int code = 0;
 	const char *message;
+	struct proto_usage usage;
+	bool has_usage = false;
 	if (!job_id_param(r, &id) || json_get_fence(r, &fence) < 0 ||
-	    parse_result(r, &st, &has_code, &code, &message) < 0)
+	    parse_result(r, &st, &has_code, &code, &message) < 0 ||
+	    usage_parse(r, &usage, &has_usage) < 0)
 		return;
+	/* The usage is recorded even if the result is refused as stale: the
+	 * attempt ran (until cancelled, say) and used what it used. */
+	if (has_usage)
+		usage_record(s, id, fence, &usage);
 	pthread_mutex_lock(&s->lock);
 	struct sjob *j = sched_job(s, id);
 	if (j && (!job_state_is_active(j->state) || j->fence != fence)) {

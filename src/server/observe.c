@@ -24,7 +24,7 @@ struct server_obs {
 	/* counters and histograms fed by hooks */
 	struct metric *jobs_submitted, *jobs_ended, *jobs_requeued;
 	struct metric *leases_granted, *lease_expired, *dispatch_latency;
-	struct metric *job_duration, *job_queue_wait, *job_cpu, *job_mem_peak;
+	struct metric *job_duration, *job_cpu, *job_mem_peak;
 	struct metric *job_io_read, *job_io_write, *job_gpu_seconds, *job_oom;
 	/* snapshots filled by collectors */
 	struct metric *http_requests, *http_duration;
@@ -205,9 +205,6 @@ void obs_init(struct server *s)
 	                      "Wall time of finished attempts, as the agent measured "
 	                      "it.",
 	                      l_exec, metrics_duration_buckets, metrics_duration_buckets_n);
-	o->job_queue_wait =
-	    metrics_histogram(m, "kiln_job_queue_wait_seconds", "Queue wait of finished attempts.",
-	                      l_org, wait_buckets, ARRAY_SIZE(wait_buckets));
 	o->job_cpu = metrics_counter(m, "kiln_job_cpu_seconds_total",
 	                             "CPU time (user + system) used by finished attempts.", l_org);
 	o->job_mem_peak =
@@ -302,6 +299,32 @@ void obs_lease_granted(struct server *s, uint64_t waited_ns)
 void obs_lease_expired(struct server *s)
 {
 	metric_add(s->obs->lease_expired, NULL, 1);
+}
+
+/* Executors are a bounded set: anything else is "other". */
+static const char *executor_label(const struct proto_usage *u)
+{
+	static const char *const known[] = {"sandbox", "vm", "gpu"};
+	if (!u->executor[0])
+		return u->gpus > 0 ? "gpu" : "sandbox";
+	for (size_t i = 0; i < ARRAY_SIZE(known); i++)
+		if (streq(u->executor, known[i]))
+			return known[i];
+	return "other";
+}
+
+void obs_attempt_usage(struct server *s, const struct proto_usage *u, const char *org)
+{
+	struct server_obs *o = s->obs;
+	const char *const l_org[] = {org ? org : ORG_DEFAULT};
+	metric_observe(o->job_duration, (const char *const[]){executor_label(u)},
+		       (double)u->wall_ms / 1e3);
+	metric_add(o->job_cpu, l_org, (double)(u->cpu_user_ms + u->cpu_system_ms) / 1e3);
+	metric_observe(o->job_mem_peak, NULL, (double)u->memory_peak_bytes);
+	metric_add(o->job_io_read, l_org, (double)u->io_read_bytes);
+	metric_add(o->job_io_write, l_org, (double)u->io_write_bytes);
+	metric_add(o->job_gpu_seconds, l_org, (double)u->gpus * (double)u->wall_ms / 1e3);
+	metric_add(o->job_oom, l_org, (double)u->oom_kills);
 }
 
 /* ---- GET /metrics --------------------------------------------------------- */

@@ -735,7 +735,8 @@ void sched_grant(struct server *s, struct sjob *j, struct sagent *a, struct req 
 	j->deadline_ns = now + (j->timeout_ms + s->cfg.timeout_grace_ms) * NSEC_PER_MSEC;
 	agent_add_job(a, j);
 	active_add(s, j);
-	obs_lease_granted(s, now > j->queued_ns ? now - j->queued_ns : 0);
+	uint64_t waited_ns = now > j->queued_ns ? now - j->queued_ns : 0;
+	obs_lease_granted(s, waited_ns);
 
 	fence_reserve_ahead(s);
 	log_debug("lease granted job=%" PRId64 " agent=%s fence=%" PRId64 " attempt=%" PRId64,
@@ -747,7 +748,9 @@ void sched_grant(struct server *s, struct sjob *j, struct sagent *a, struct req 
 	struct store_mut lm = {.kind = STORE_JOB_LEASE,
 			       .lease = {.job_id = j->id, .fence = j->fence,
 					 .attempt = j->attempt, .agent_id = a->id,
-					 .now = proto_now_ms()}};
+					 .now = proto_now_ms(),
+					 .queue_wait_ms = waited_ns / NSEC_PER_MSEC,
+					 .gpus = j->cls->needs.gpus}};
 	/*
 	 * The lease may be answered before it is committed when the job itself
 	 * is durable and its fence reserved: if the server dies before the

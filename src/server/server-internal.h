@@ -384,7 +384,21 @@ void obs_job_requeued(struct server *s, const char *org);
 /* A lease was granted to a job that waited waited_ns in the queue. */
 void obs_lease_granted(struct server *s, uint64_t waited_ns);
 void obs_lease_expired(struct server *s);
+/* An attempt's usage was recorded (once per attempt). */
+void obs_attempt_usage(struct server *s, const struct proto_usage *u, const char *org);
 void h_metrics(struct req *r);
+
+/* usage.c: accounting */
+/* Reads the optional "usage" of a completion; answers 400 and returns < 0 if bad. */
+int usage_parse(struct req *r, struct proto_usage *ret, bool *ret_has);
+/* Records an attempt's usage (detached store mutation; metrics once applied). */
+void usage_record(struct server *s, int64_t job_id, int64_t fence, const struct proto_usage *u);
+/*
+ * Reads ?since=&until=&org= (RFC 3339 or a duration ago; default: the last
+ * default_ms up to now); answers 400 and returns < 0 if bad.
+ */
+int req_window(struct req *r, uint64_t default_ms, struct store_window *ret);
+void h_usage(struct req *r);
 
 /* artifacts.c */
 void upload_free(struct upload *u);

@@ -31,6 +31,10 @@ struct store_ops {
 	int (*artifact_get)(struct store *s, int64_t job_id, const char *path,
 			    struct proto_artifact *ret);
 	int (*blob_referenced)(struct store *s, const char *sha256);
+	int (*usage)(struct store *s, const struct store_window *w, struct store_usage_row **ret,
+		     size_t *ret_n);
+	int (*attempts_scan)(struct store *s, const struct store_window *w,
+			     int (*fn)(void *ud, const struct store_attempt_row *row), void *ud);
 };
 
 struct store {

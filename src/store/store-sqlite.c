@@ -20,7 +20,34 @@
 #include <sqlite3.h>
 
 #define N_READERS 4
-#define SCHEMA_VERSION 1
+/*
+ * Schema versions: schema_sql is version 1; each later version is one
+ * additive migration in `migrations` (new tables, new columns with
+ * defaults, new indexes), applied in order in the transaction that opens the
+ * database. SCHEMA_VERSION is the last one.
+ */
+struct migration {
+	int version;
+	const char *sql;
+};
+
+static const struct migration migrations[] = {
+	/* 2: usage accounting per attempt (docs/metrics.md, kiln usage). */
+	{2, "ALTER TABLE attempts ADD COLUMN queue_wait_ms INTEGER NOT NULL DEFAULT 0;"
+	    "ALTER TABLE attempts ADD COLUMN gpus INTEGER NOT NULL DEFAULT 0;"
+	    "ALTER TABLE attempts ADD COLUMN usage_reported INTEGER NOT NULL DEFAULT 0;"
+	    "ALTER TABLE attempts ADD COLUMN wall_ms INTEGER NOT NULL DEFAULT 0;"
+	    "ALTER TABLE attempts ADD COLUMN cpu_user_ms INTEGER NOT NULL DEFAULT 0;"
+	    "ALTER TABLE attempts ADD COLUMN cpu_system_ms INTEGER NOT NULL DEFAULT 0;"
+	    "ALTER TABLE attempts ADD COLUMN memory_peak_bytes INTEGER NOT NULL DEFAULT 0;"
+	    "ALTER TABLE attempts ADD COLUMN io_read_bytes INTEGER NOT NULL DEFAULT 0;"
+	    "ALTER TABLE attempts ADD COLUMN io_write_bytes INTEGER NOT NULL DEFAULT 0;"
+	    "ALTER TABLE attempts ADD COLUMN oom_kills INTEGER NOT NULL DEFAULT 0;"
+	    "ALTER TABLE attempts ADD COLUMN executor TEXT;"
+	    "CREATE INDEX IF NOT EXISTS attempts_by_finished ON attempts (finished_at);"},
+};
+
+#define SCHEMA_VERSION 2
 
 enum {
 	ST_BEGIN,
@@ -50,8 +77,16 @@ enum {
 	ST_BLOB_REF,
 	ST_FENCE_RESERVE,
 	ST_JOB_SPEC,
+	ST_ATTEMPT_USAGE,
+	ST_USAGE_OF,
 	ST_MAX,
 };
+
+/* The usage of attempts `a`, in the order row_to_usage reads them. */
+#define USAGE_COLS                                                                            \
+	"a.usage_reported, a.queue_wait_ms, a.wall_ms, a.cpu_user_ms, a.cpu_system_ms, "         \
+	"a.memory_peak_bytes, a.io_read_bytes, a.io_write_bytes, a.oom_kills, a.gpus, a.executor"
+#define USAGE_NCOLS 11
 
 #define JOB_COLS                                                                             \
 	"id, name, state, priority, attempt, max_attempts, fence, agent_id, runs_on, need_cpus, " \
@@ -72,7 +107,7 @@ static const char *const stmt_sql[ST_MAX] = {
 			 "leased_at = ?5, started_at = 0, message = NULL "
 			 "WHERE id = ?1 AND state = 0 AND attempt = ?2 - 1 RETURNING spec",
 	[ST_ATTEMPT_INSERT] = "INSERT INTO attempts (job_id, attempt, fence, agent_id, state, "
-			      "leased_at) VALUES (?1, ?2, ?3, ?4, 1, ?5)",
+			      "leased_at, queue_wait_ms, gpus) VALUES (?1, ?2, ?3, ?4, 1, ?5, ?6, ?7)",
 	[ST_JOB_START] = "UPDATE jobs SET state = 2, started_at = ?3 "
 			 "WHERE id = ?1 AND fence = ?2 AND state = 1",
 	[ST_ATTEMPT_START] = "UPDATE attempts SET state = 2, started_at = ?2 WHERE fence = ?1",
@@ -98,7 +133,8 @@ static const char *const stmt_sql[ST_MAX] = {
 	[ST_JOB_GET] = "SELECT " JOB_COLS " FROM jobs WHERE id = ?1",
 	[ST_JOB_GET_SPEC] = "SELECT spec FROM jobs WHERE id = ?1",
 	[ST_ATTEMPTS_GET] = "SELECT a.attempt, a.fence, a.agent_id, g.name, a.state, a.leased_at, "
-			    "a.started_at, a.finished_at, a.exit_code, a.message FROM attempts a "
+			    "a.started_at, a.finished_at, a.exit_code, a.message, " USAGE_COLS
+			    " FROM attempts a "
 			    "LEFT JOIN agents g ON g.id = a.agent_id WHERE a.job_id = ?1 "
 			    "ORDER BY a.attempt",
 	[ST_ARTIFACT_LIST] = "SELECT path, attempt, sha256, size, created_at FROM artifacts "
@@ -109,6 +145,12 @@ static const char *const stmt_sql[ST_MAX] = {
 	[ST_FENCE_RESERVE] = "INSERT INTO meta (key, value) VALUES ('fence_reserved', ?1) "
 			     "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
 	[ST_JOB_SPEC] = "SELECT spec FROM jobs WHERE id = ?1",
+	[ST_ATTEMPT_USAGE] = "UPDATE attempts SET usage_reported = 1, wall_ms = ?3, cpu_user_ms = ?4, "
+			     "cpu_system_ms = ?5, memory_peak_bytes = ?6, io_read_bytes = ?7, "
+			     "io_write_bytes = ?8, oom_kills = ?9, executor = ?10 "
+			     "WHERE fence = ?2 AND job_id = ?1 AND usage_reported = 0 "
+			     "RETURNING gpus, queue_wait_ms",
+	[ST_USAGE_OF] = "SELECT usage_reported FROM attempts WHERE fence = ?2 AND job_id = ?1",
 };
 
 static const char schema_sql[] =
@@ -334,10 +376,23 @@ static int create_schema(struct conn *c, const char *path, struct kiln_err *err)
 					    "to %d (upgrade kiln)",
 					    path, version, SCHEMA_VERSION);
 		}
-		if (rc == SQLITE_OK && version == 0)
+		if (rc == SQLITE_OK && version == 0) {
 			rc = sqlite3_exec(c->db,
 					  "INSERT INTO meta (key, value) VALUES ('schema', '1')",
 					  NULL, NULL, &msg);
+			version = 1;
+		}
+		for (size_t i = 0; rc == SQLITE_OK && i < ARRAY_SIZE(migrations); i++) {
+			if (migrations[i].version <= version)
+				continue;
+			rc = sqlite3_exec(c->db, migrations[i].sql, NULL, NULL, &msg);
+			if (rc != SQLITE_OK)
+				break;
+			_cleanup_free_ char *set = xasprintf(
+				"UPDATE meta SET value = '%d' WHERE key = 'schema'", migrations[i].version);
+			rc = sqlite3_exec(c->db, set, NULL, NULL, &msg);
+			version = migrations[i].version;
+		}
 	}
 	if (rc == SQLITE_OK)
 		rc = sqlite3_exec(c->db, "COMMIT", NULL, NULL, &msg);
@@ -430,6 +485,8 @@ static int apply_lease(struct conn *c, struct store_mut *m)
 	sqlite3_bind_int64(st, 3, m->lease.fence);
 	sqlite3_bind_int64(st, 4, m->lease.agent_id);
 	sqlite3_bind_int64(st, 5, (sqlite3_int64)m->lease.now);
+	sqlite3_bind_int64(st, 6, (sqlite3_int64)m->lease.queue_wait_ms);
+	sqlite3_bind_int64(st, 7, m->lease.gpus);
 	r = exec_stmt(st);
 	/* A fence or attempt granted twice would be a scheduler bug: refuse it. */
 	return r == -EEXIST ? -ESTALE : r;
@@ -570,6 +627,45 @@ static int apply_artifact(struct conn *c, struct store_mut *m)
 	return sqlite3_changes(c->db) ? 0 : -ESTALE;
 }
 
+static int apply_usage(struct conn *c, struct store_mut *m)
+{
+	const struct proto_usage *u = &m->usage.usage;
+	sqlite3_stmt *st = stmt(c, ST_ATTEMPT_USAGE);
+	sqlite3_bind_int64(st, 1, m->usage.job_id);
+	sqlite3_bind_int64(st, 2, m->usage.fence);
+	sqlite3_bind_int64(st, 3, (sqlite3_int64)u->wall_ms);
+	sqlite3_bind_int64(st, 4, (sqlite3_int64)u->cpu_user_ms);
+	sqlite3_bind_int64(st, 5, (sqlite3_int64)u->cpu_system_ms);
+	sqlite3_bind_int64(st, 6, (sqlite3_int64)u->memory_peak_bytes);
+	sqlite3_bind_int64(st, 7, (sqlite3_int64)u->io_read_bytes);
+	sqlite3_bind_int64(st, 8, (sqlite3_int64)u->io_write_bytes);
+	sqlite3_bind_int64(st, 9, (sqlite3_int64)u->oom_kills);
+	bind_text(st, 10, u->executor[0] ? u->executor : NULL);
+	int rc = sqlite3_step(st);
+	bool updated = rc == SQLITE_ROW;
+	if (updated) {
+		m->usage.ret_gpus = sqlite3_column_int64(st, 0);
+		m->usage.ret_queue_wait_ms = (uint64_t)sqlite3_column_int64(st, 1);
+		while ((rc = sqlite3_step(st)) == SQLITE_ROW)
+			;
+	}
+	sqlite3_reset(st);
+	sqlite3_clear_bindings(st);
+	if (rc != SQLITE_DONE)
+		return sq_errno(rc);
+	if (updated)
+		return 0;
+	/* Reported before (1), or no such attempt. */
+	st = stmt(c, ST_USAGE_OF);
+	sqlite3_bind_int64(st, 1, m->usage.job_id);
+	sqlite3_bind_int64(st, 2, m->usage.fence);
+	rc = sqlite3_step(st);
+	int r = rc == SQLITE_ROW ? 1 : rc == SQLITE_DONE ? -ENOENT : sq_errno(rc);
+	sqlite3_reset(st);
+	sqlite3_clear_bindings(st);
+	return r;
+}
+
 static int sq_apply(struct store *s, struct store_mut *m)
 {
 	struct conn *c = &to_sq(s)->writer;
@@ -594,6 +690,7 @@ static int sq_apply(struct store *s, struct store_mut *m)
 	case STORE_AGENT_PUT: r = apply_agent(c, m); break;
 	case STORE_AGENT_DRAIN: r = apply_drain(c, m); break;
 	case STORE_ARTIFACT_PUT: r = apply_artifact(c, m); break;
+	case STORE_ATTEMPT_USAGE: r = apply_usage(c, m); break;
 	default: r = -EINVAL; break;
 	}
 	if (r < 0) {
@@ -662,6 +759,25 @@ static void row_to_job(sqlite3_stmt *st, struct proto_job *j)
 	j->retry_of = sqlite3_column_int64(st, 19);
 }
 
+/* Reads USAGE_COLS starting at column `first`. */
+static void row_to_usage(sqlite3_stmt *st, int first, struct proto_usage *u)
+{
+	memset(u, 0, sizeof(*u));
+	u->reported = sqlite3_column_int(st, first) != 0;
+	u->queue_wait_ms = (uint64_t)sqlite3_column_int64(st, first + 1);
+	u->wall_ms = (uint64_t)sqlite3_column_int64(st, first + 2);
+	u->cpu_user_ms = (uint64_t)sqlite3_column_int64(st, first + 3);
+	u->cpu_system_ms = (uint64_t)sqlite3_column_int64(st, first + 4);
+	u->memory_peak_bytes = (uint64_t)sqlite3_column_int64(st, first + 5);
+	u->io_read_bytes = (uint64_t)sqlite3_column_int64(st, first + 6);
+	u->io_write_bytes = (uint64_t)sqlite3_column_int64(st, first + 7);
+	u->oom_kills = (uint64_t)sqlite3_column_int64(st, first + 8);
+	u->gpus = sqlite3_column_int64(st, first + 9);
+	const unsigned char *ex = sqlite3_column_text(st, first + 10);
+	if (ex)
+		snprintf(u->executor, sizeof(u->executor), "%s", (const char *)ex);
+}
+
 static int load_attempts(struct conn *c, struct proto_job *j)
 {
 	sqlite3_stmt *st = stmt(c, ST_ATTEMPTS_GET);
@@ -685,6 +801,8 @@ static int load_attempts(struct conn *c, struct proto_job *j)
 			a->exit_code = sqlite3_column_int(st, 8);
 		}
 		a->message = col_strdup(st, 9);
+		row_to_usage(st, 10, &a->usage);
+		proto_usage_add(&j->usage, &a->usage);
 	}
 	sqlite3_reset(st);
 	sqlite3_clear_bindings(st);
@@ -969,6 +1087,136 @@ static int sq_load(struct store *s, void (*on_job)(void *, const struct proto_jo
 	return 0;
 }
 
+/* ---- accounting and reports ----------------------------------------------- */
+
+/*
+ * The org a job belongs to, as an SQL expression over `j` (jobs). Every
+ * job is in the default org until organisations exist.
+ */
+#define ORG_OF_JOB "'default'"
+
+/* WHERE clause of a window over attempts `a`: ?1 since, ?2 until (0 = none), ?3 org. */
+static void window_sql(struct buf *sql, const struct store_window *w)
+{
+	buf_puts(sql, " WHERE a.finished_at > 0 AND a.finished_at >= ?1");
+	if (w->until)
+		buf_puts(sql, " AND a.finished_at < ?2");
+	if (w->org)
+		buf_puts(sql, " AND " ORG_OF_JOB " = ?3");
+}
+
+static void window_bind(sqlite3_stmt *st, const struct store_window *w)
+{
+	sqlite3_bind_int64(st, 1, (sqlite3_int64)w->since);
+	if (w->until)
+		sqlite3_bind_int64(st, 2, (sqlite3_int64)w->until);
+	if (w->org)
+		sqlite3_bind_text(st, 3, w->org, -1, SQLITE_STATIC);
+}
+
+static int sq_usage(struct store *s, const struct store_window *w, struct store_usage_row **ret,
+		    size_t *ret_n)
+{
+	struct buf sql = BUF_INIT;
+	buf_puts(&sql, "SELECT " ORG_OF_JOB " AS org, count(DISTINCT a.job_id), count(*), "
+		       "max(a.usage_reported), sum(a.queue_wait_ms), sum(a.wall_ms), "
+		       "sum(a.cpu_user_ms), sum(a.cpu_system_ms), max(a.memory_peak_bytes), "
+		       "sum(a.io_read_bytes), sum(a.io_write_bytes), sum(a.oom_kills), max(a.gpus), "
+		       "sum(a.gpus * a.wall_ms), "
+		       "total(CAST(a.memory_peak_bytes AS REAL) * a.wall_ms) / 1000.0 "
+		       "FROM attempts a JOIN jobs j ON j.id = a.job_id");
+	window_sql(&sql, w);
+	buf_puts(&sql, " GROUP BY org ORDER BY org");
+	struct sqlite_store *q = to_sq(s);
+	struct conn *c = reader_get(q);
+	sqlite3_stmt *st = NULL;
+	int rc = sqlite3_prepare_v2(c->db, sql.data, -1, &st, NULL);
+	buf_release(&sql);
+	if (rc != SQLITE_OK) {
+		reader_put(q, c);
+		return sq_errno(rc);
+	}
+	window_bind(st, w);
+	struct store_usage_row *v = NULL;
+	size_t n = 0, cap = 0;
+	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+		v = xgrow(v, &cap, n + 1, sizeof(*v));
+		struct store_usage_row *row = &v[n++];
+		memset(row, 0, sizeof(*row));
+		row->org = col_strdup(st, 0);
+		row->jobs = sqlite3_column_int64(st, 1);
+		row->attempts = sqlite3_column_int64(st, 2);
+		struct proto_usage *u = &row->sum;
+		u->reported = sqlite3_column_int(st, 3) != 0;
+		u->queue_wait_ms = (uint64_t)sqlite3_column_int64(st, 4);
+		u->wall_ms = (uint64_t)sqlite3_column_int64(st, 5);
+		u->cpu_user_ms = (uint64_t)sqlite3_column_int64(st, 6);
+		u->cpu_system_ms = (uint64_t)sqlite3_column_int64(st, 7);
+		u->memory_peak_bytes = (uint64_t)sqlite3_column_int64(st, 8);
+		u->io_read_bytes = (uint64_t)sqlite3_column_int64(st, 9);
+		u->io_write_bytes = (uint64_t)sqlite3_column_int64(st, 10);
+		u->oom_kills = (uint64_t)sqlite3_column_int64(st, 11);
+		u->gpus = sqlite3_column_int64(st, 12);
+		row->gpu_ms = (uint64_t)sqlite3_column_int64(st, 13);
+		row->memory_byte_seconds = sqlite3_column_double(st, 14);
+	}
+	sqlite3_finalize(st);
+	reader_put(q, c);
+	if (rc != SQLITE_DONE) {
+		store_usage_rows_free(v, n);
+		return sq_errno(rc);
+	}
+	*ret = v;
+	*ret_n = n;
+	return 0;
+}
+
+static int sq_attempts_scan(struct store *s, const struct store_window *w,
+			    int (*fn)(void *ud, const struct store_attempt_row *row), void *ud)
+{
+	struct buf sql = BUF_INIT;
+	buf_puts(&sql, "SELECT a.job_id, a.attempt, a.agent_id, g.name, j.runs_on, " ORG_OF_JOB
+		       ", a.state, a.attempt = j.attempt AND j.state >= 3, a.leased_at, "
+		       "a.started_at, a.finished_at, " USAGE_COLS
+		       " FROM attempts a JOIN jobs j ON j.id = a.job_id "
+		       "LEFT JOIN agents g ON g.id = a.agent_id");
+	window_sql(&sql, w);
+	buf_puts(&sql, " ORDER BY a.finished_at");
+	struct sqlite_store *q = to_sq(s);
+	struct conn *c = reader_get(q);
+	sqlite3_stmt *st = NULL;
+	int rc = sqlite3_prepare_v2(c->db, sql.data, -1, &st, NULL);
+	buf_release(&sql);
+	if (rc != SQLITE_OK) {
+		reader_put(q, c);
+		return sq_errno(rc);
+	}
+	window_bind(st, w);
+	int r = 0;
+	while (r >= 0 && (rc = sqlite3_step(st)) == SQLITE_ROW) {
+		struct store_attempt_row row = {
+			.job_id = sqlite3_column_int64(st, 0),
+			.attempt = sqlite3_column_int64(st, 1),
+			.agent_id = sqlite3_column_int64(st, 2),
+			.agent_name = (const char *)sqlite3_column_text(st, 3),
+			.runs_on = (const char *)sqlite3_column_text(st, 4),
+			.org = (const char *)sqlite3_column_text(st, 5),
+			.state = (enum job_state)sqlite3_column_int(st, 6),
+			.final = sqlite3_column_int(st, 7) != 0,
+			.leased_at = (uint64_t)sqlite3_column_int64(st, 8),
+			.started_at = (uint64_t)sqlite3_column_int64(st, 9),
+			.finished_at = (uint64_t)sqlite3_column_int64(st, 10),
+		};
+		row_to_usage(st, 11, &row.usage);
+		r = fn(ud, &row);
+	}
+	if (r >= 0 && rc != SQLITE_DONE && rc != SQLITE_ROW)
+		r = sq_errno(rc);
+	sqlite3_finalize(st);
+	reader_put(q, c);
+	return r;
+}
+
 /* ---- checkpoints ---------------------------------------------------------- */
 
 #define CKPT_FRAMES 1000     /* checkpoint once the WAL has this many frames */
@@ -1059,6 +1307,8 @@ static const struct store_ops sqlite_ops = {
 	.artifact_list = sq_artifact_list,
 	.artifact_get = sq_artifact_get,
 	.blob_referenced = sq_blob_referenced,
+	.usage = sq_usage,
+	.attempts_scan = sq_attempts_scan,
 };
 
 int store_sqlite_open(const char *path, const struct store_options *o, struct store **ret,

@@ -234,3 +234,24 @@ int store_blob_referenced(struct store *s, const char *sha256)
 {
 	return s->ops->blob_referenced(s, sha256);
 }
+
+int store_usage(struct store *s, const struct store_window *w, struct store_usage_row **ret,
+		size_t *ret_n)
+{
+	return s->ops->usage(s, w, ret, ret_n);
+}
+
+void store_usage_rows_free(struct store_usage_row *v, size_t n)
+{
+	if (!v)
+		return;
+	for (size_t i = 0; i < n; i++)
+		free(v[i].org);
+	free(v);
+}
+
+int store_attempts_scan(struct store *s, const struct store_window *w,
+			int (*fn)(void *ud, const struct store_attempt_row *row), void *ud)
+{
+	return s->ops->attempts_scan(s, w, fn, ud);
+}

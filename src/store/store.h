@@ -79,6 +79,7 @@ enum store_mut_kind {
 	STORE_ARTIFACT_PUT, /* add (or replace) an artifact of an active job (fence) */
 	STORE_BARRIER,      /* nothing: done runs after everything queued before it */
 	STORE_FENCE_RESERVE, /* record that fences up to `fence_upto` may be handed out */
+	STORE_ATTEMPT_USAGE, /* record the agent's usage report of an attempt (fence) once */
 };
 
 struct store_mut {
@@ -92,6 +93,8 @@ struct store_mut {
 			int64_t job_id, fence, attempt, agent_id;
 			uint64_t now;
 			char *ret_spec; /* out: the job's spec JSON; the caller frees */
+			uint64_t queue_wait_ms; /* stored with the attempt (usage) */
+			int64_t gpus;           /* GPUs the lease holds (usage) */
 		} lease;
 		struct {
 			int64_t job_id, fence;
@@ -136,6 +139,19 @@ struct store_mut {
 			uint64_t size;
 			uint64_t now;
 		} artifact;
+		/*
+		 * The agent's measures of the attempt with this fence, whatever
+		 * the job's state now (a cancelled attempt used resources too).
+		 * Result 1: already recorded (the first report counts); -ENOENT:
+		 * no attempt of job_id has this fence. On success, ret_gpus and
+		 * ret_queue_wait_ms hold what the lease stored.
+		 */
+		struct {
+			int64_t job_id, fence;
+			struct proto_usage usage;
+			int64_t ret_gpus;
+			uint64_t ret_queue_wait_ms;
+		} usage;
 	};
 	/*
 	 * Out, set by the writer before `done`: 0 applied; 1 already applied
@@ -215,3 +231,45 @@ int store_artifact_get(struct store *s, int64_t job_id, const char *path,
 		       struct proto_artifact *ret);
 /* Is this sha256 referenced by any artifact row? (for content-store cleanup) */
 int store_blob_referenced(struct store *s, const char *sha256);
+
+/* ---- accounting and reports ----------------------------------------------- */
+
+/* Attempts that ended in [since, until) (Unix ms; until 0 = no bound). */
+struct store_window {
+	uint64_t since, until;
+	const char *org; /* NULL: every org */
+};
+
+/* Usage summed per org over a window (kiln usage, chargeback). */
+struct store_usage_row {
+	char *org;
+	int64_t jobs;     /* distinct jobs with an attempt in the window */
+	int64_t attempts;
+	struct proto_usage sum;   /* memory_peak_bytes: the largest */
+	uint64_t gpu_ms;             /* sum of gpus x wall */
+	double memory_byte_seconds;  /* sum of memory peak x wall (the GB-hours basis) */
+};
+
+/* Rows ordered by org; the caller frees with store_usage_rows_free. */
+int store_usage(struct store *s, const struct store_window *w, struct store_usage_row **ret,
+		size_t *ret_n);
+void store_usage_rows_free(struct store_usage_row *v, size_t n);
+
+/* One finished attempt, as store_attempts_scan hands it over. */
+struct store_attempt_row {
+	int64_t job_id, attempt, agent_id;
+	const char *agent_name; /* NULL if the agent is gone */
+	const char *runs_on;    /* the job's labels, joined with ',' */
+	const char *org;
+	enum job_state state;   /* how the attempt ended */
+	bool final;             /* the job's last attempt, and the job has ended */
+	uint64_t leased_at, started_at, finished_at;
+	struct proto_usage usage;
+};
+
+/*
+ * Calls fn for every attempt that finished in the window, oldest first
+ * (records valid during the call only). fn returns < 0 to stop (returned).
+ */
+int store_attempts_scan(struct store *s, const struct store_window *w,
+			int (*fn)(void *ud, const struct store_attempt_row *row), void *ud);

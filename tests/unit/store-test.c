@@ -335,6 +335,174 @@ TEST(group_commit_batches_concurrent_writers)
 	rm_rf(dir);
 }
 
+static int report_usage(struct store *s, int64_t id, int64_t fence, uint64_t wall, uint64_t cpu,
+			uint64_t mem, struct store_mut *ret)
+{
+	struct store_mut m = {.kind = STORE_ATTEMPT_USAGE};
+	m.usage.job_id = id;
+	m.usage.fence = fence;
+	m.usage.usage = (struct proto_usage){.reported = true, .wall_ms = wall, .cpu_user_ms = cpu,
+					     .cpu_system_ms = 1, .memory_peak_bytes = mem,
+					     .io_read_bytes = 10, .io_write_bytes = 20,
+					     .executor = "sandbox"};
+	int r = store_apply_wait(s, &m);
+	if (ret)
+		*ret = m;
+	return r;
+}
+
+struct scan_ctx {
+	int n, final;
+	uint64_t wall;
+	char runs_on[64];
+};
+
+static int on_attempt(void *ud, const struct store_attempt_row *row)
+{
+	struct scan_ctx *c = ud;
+	c->n++;
+	c->final += row->final;
+	c->wall += row->usage.wall_ms;
+	snprintf(c->runs_on, sizeof(c->runs_on), "%s", row->runs_on);
+	return 0;
+}
+
+TEST(usage_recorded_once_and_summed)
+{
+	_cleanup_free_ char *dir = tmpdir();
+	struct store *s = open_store(dir);
+	if (!s)
+		return;
+	CHECK_EQ(insert(s, 1, "a", "linux"), 0);
+	CHECK_EQ(insert(s, 2, "b", "linux,gpu"), 0);
+	struct store_mut m = {.kind = STORE_JOB_LEASE,
+			      .lease = {.job_id = 1, .fence = 10, .attempt = 1, .agent_id = 1,
+					.now = 5000, .queue_wait_ms = 250, .gpus = 2}};
+	CHECK_EQ(store_apply_wait(s, &m), 0);
+	free(m.lease.ret_spec);
+	/* The attempt is lost and requeued, then a second attempt succeeds. */
+	struct store_mut rq = {.kind = STORE_JOB_REQUEUE,
+			       .requeue = {.job_id = 1, .fence = 10, .attempt_state = JOB_LOST,
+					   .now = 5500}};
+	CHECK_EQ(store_apply_wait(s, &rq), 0);
+	CHECK_EQ(lease(s, 1, 2, 11, NULL), 0);
+	CHECK_EQ(finish(s, 1, 11, JOB_SUCCEEDED, 0), 0);
+	CHECK_EQ(lease(s, 2, 1, 12, NULL), 0);
+	CHECK_EQ(finish(s, 2, 12, JOB_FAILED, 1), 0);
+
+	/* A late report of the lost attempt still counts (it used resources). */
+	struct store_mut got;
+	CHECK_EQ(report_usage(s, 1, 10, 1000, 400, 1 << 20, &got), 0);
+	CHECK_EQ(got.usage.ret_gpus, 2);
+	CHECK_EQ(got.usage.ret_queue_wait_ms, 250);
+	CHECK_EQ(report_usage(s, 1, 10, 9999, 9999, 9999, NULL), 1); /* the first one counts */
+	CHECK_EQ(report_usage(s, 1, 11, 3000, 1500, 4 << 20, NULL), 0);
+	CHECK_EQ(report_usage(s, 2, 12, 500, 100, 1 << 20, NULL), 0);
+	CHECK_EQ(report_usage(s, 1, 12, 1, 1, 1, NULL), -ENOENT); /* fence of another job */
+	CHECK_EQ(report_usage(s, 7, 70, 1, 1, 1, NULL), -ENOENT);
+
+	struct proto_job j;
+	CHECK_EQ(store_job_get(s, 1, PROTO_JOB_ATTEMPTS, &j), 0);
+	CHECK_EQ(j.n_attempts, 2);
+	CHECK(j.attempts[0].usage.reported);
+	CHECK_EQ(j.attempts[0].usage.wall_ms, 1000);
+	CHECK_EQ(j.attempts[0].usage.queue_wait_ms, 250);
+	CHECK_EQ(j.attempts[0].usage.gpus, 2);
+	CHECK_STREQ(j.attempts[0].usage.executor, "sandbox");
+	CHECK_EQ(j.usage.wall_ms, 4000);
+	CHECK_EQ(j.usage.cpu_user_ms, 1900);
+	CHECK_EQ(j.usage.cpu_system_ms, 2);
+	CHECK_EQ(j.usage.memory_peak_bytes, 4 << 20);
+	CHECK_EQ(j.usage.io_write_bytes, 40);
+	proto_job_release(&j);
+
+	struct store_window w = {.since = 0};
+	struct store_usage_row *rows = NULL;
+	size_t n = 0;
+	CHECK_EQ(store_usage(s, &w, &rows, &n), 0);
+	CHECK_EQ(n, 1);
+	if (n == 1) {
+		CHECK_STREQ(rows[0].org, "default");
+		CHECK_EQ(rows[0].jobs, 2);
+		CHECK_EQ(rows[0].attempts, 3);
+		CHECK_EQ(rows[0].sum.wall_ms, 4500);
+		CHECK_EQ(rows[0].sum.cpu_user_ms, 2000);
+		CHECK_EQ(rows[0].sum.queue_wait_ms, 250);
+		CHECK_EQ(rows[0].gpu_ms, 2000); /* 2 GPUs x 1000 ms on the first attempt */
+		CHECK_EQ(rows[0].sum.memory_peak_bytes, 4 << 20);
+		CHECK(rows[0].memory_byte_seconds > 0);
+	}
+	store_usage_rows_free(rows, n);
+	/* A window that ends before anything finished, and an unknown org. */
+	w.until = 5000;
+	CHECK_EQ(store_usage(s, &w, &rows, &n), 0);
+	CHECK_EQ(n, 0);
+	store_usage_rows_free(rows, n);
+	w = (struct store_window){.since = 0, .org = "acme"};
+	CHECK_EQ(store_usage(s, &w, &rows, &n), 0);
+	CHECK_EQ(n, 0);
+	store_usage_rows_free(rows, n);
+
+	struct scan_ctx sc = {0};
+	w = (struct store_window){.since = 0, .org = "default"};
+	CHECK_EQ(store_attempts_scan(s, &w, on_attempt, &sc), 0);
+	CHECK_EQ(sc.n, 3);
+	CHECK_EQ(sc.final, 2); /* the requeued attempt is not a job's last */
+	CHECK_EQ(sc.wall, 4500);
+	CHECK_STREQ(sc.runs_on, "linux,gpu");
+	store_close(s);
+	rm_rf(dir);
+}
+
+TEST(schema_1_is_migrated)
+{
+	_cleanup_free_ char *dir = tmpdir();
+	_cleanup_free_ char *db = path_join(dir, "kiln.db");
+	/* A database as kiln 0.1 (schema 1) left it, made with the sqlite3 shell. */
+	_cleanup_free_ char *cmd = xasprintf(
+		"sqlite3 '%s' \"CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) "
+		"WITHOUT ROWID; INSERT INTO meta VALUES ('schema', '1'); "
+		"CREATE TABLE attempts (job_id INTEGER NOT NULL, attempt INTEGER NOT NULL, "
+		"fence INTEGER NOT NULL UNIQUE, agent_id INTEGER NOT NULL, state INTEGER NOT NULL, "
+		"leased_at INTEGER NOT NULL, started_at INTEGER NOT NULL DEFAULT 0, finished_at "
+		"INTEGER NOT NULL DEFAULT 0, exit_code INTEGER, message TEXT, PRIMARY KEY (job_id, "
+		"attempt)) WITHOUT ROWID; INSERT INTO attempts (job_id, attempt, fence, agent_id, "
+		"state, leased_at, finished_at) VALUES (1, 1, 5, 1, 3, 100, 200);\" 2>/dev/null",
+		db);
+	FILE *sh = access("/usr/bin/sqlite3", X_OK) == 0 ? popen(cmd, "r") : NULL;
+	if (!sh || pclose(sh) != 0) {
+		printf("# skip: the sqlite3 shell is not installed\n");
+		rm_rf(dir);
+		return;
+	}
+	struct store *s = open_store(dir);
+	CHECK(s != NULL);
+	if (!s) {
+		rm_rf(dir);
+		return;
+	}
+	CHECK_EQ(insert(s, 1, "old", "linux"), 0);
+	struct proto_job j;
+	CHECK_EQ(store_job_get(s, 1, PROTO_JOB_ATTEMPTS, &j), 0);
+	CHECK_EQ(j.n_attempts, 1);
+	CHECK(!j.attempts[0].usage.reported);
+	proto_job_release(&j);
+	CHECK_EQ(report_usage(s, 1, 5, 100, 50, 4096, NULL), 0);
+	store_close(s);
+	_cleanup_free_ char *q = xasprintf("sqlite3 '%s' \"SELECT value FROM meta WHERE key = "
+					   "'schema'\"",
+					   db);
+	FILE *p = popen(q, "r");
+	char line[32] = "";
+	if (p) {
+		if (!fgets(line, sizeof(line), p))
+			line[0] = '\0';
+		pclose(p);
+	}
+	CHECK(strtol(line, NULL, 10) >= 2);
+	rm_rf(dir);
+}
+
 TEST(bad_path_and_url)
 {
 	struct store *s = NULL;
