@@ -117,18 +117,19 @@ static struct metric *family_new(struct metrics *m, enum metric_type type, const
 	f->type = type;
 	f->name = xstrdup(name);
 	f->help = xstrdup(help);
-	while (labels && labels[f->n_labels])
-		f->n_labels++;
-	f->labels = xcalloc(f->n_labels ? f->n_labels : 1, sizeof(char *));
-	for (size_t i = 0; i < f->n_labels; i++)
+	f->labels = xcalloc(1, sizeof(char *));
+	for (size_t i = 0; labels && labels[i]; i++) {
+		f->labels = xrealloc(f->labels, (i + 2) * sizeof(char *));
 		f->labels[i] = xstrdup(labels[i]);
+		f->n_labels = i + 1;
+	}
 	if (n_buckets) {
 		f->buckets = xmalloc(n_buckets * sizeof(double));
 		memcpy(f->buckets, buckets, n_buckets * sizeof(double));
 		f->n_buckets = n_buckets;
 	}
 	pthread_mutex_init(&f->lock, NULL);
-	m->families = xgrow(m->families, &m->cap, m->n + 1, sizeof(*m->families));
+	m->families = xgrow(m->families, &m->cap, m->n + 1, sizeof(*m->families)); // NOLINT(bugprone-sizeof-expression): an array of pointers
 	m->families[m->n++] = f;
 	pthread_mutex_unlock(&m->lock);
 	return f;

@@ -248,14 +248,15 @@ json_t *proto_usage_to_json(const struct proto_usage *u)
 	json_object_set_new(o, "wall_ms", json_integer((json_int_t)u->wall_ms));
 	json_object_set_new(o, "cpu_user_ms", json_integer((json_int_t)u->cpu_user_ms));
 	json_object_set_new(o, "cpu_system_ms", json_integer((json_int_t)u->cpu_system_ms));
-	json_object_set_new(o, "cpu_ms",
-			    json_integer((json_int_t)(u->cpu_user_ms + u->cpu_system_ms)));
+	uint64_t cpu_ms = u->cpu_user_ms + u->cpu_system_ms;
+	uint64_t gpu_ms = (uint64_t)u->gpus * u->wall_ms;
+	json_object_set_new(o, "cpu_ms", json_integer((json_int_t)cpu_ms));
 	json_object_set_new(o, "memory_peak_bytes", json_integer((json_int_t)u->memory_peak_bytes));
 	json_object_set_new(o, "io_read_bytes", json_integer((json_int_t)u->io_read_bytes));
 	json_object_set_new(o, "io_write_bytes", json_integer((json_int_t)u->io_write_bytes));
 	json_object_set_new(o, "oom_kills", json_integer((json_int_t)u->oom_kills));
 	json_object_set_new(o, "gpus", json_integer((json_int_t)u->gpus));
-	json_object_set_new(o, "gpu_ms", json_integer((json_int_t)((uint64_t)u->gpus * u->wall_ms)));
+	json_object_set_new(o, "gpu_ms", json_integer((json_int_t)gpu_ms));
 	json_object_set_new(o, "executor", u->executor[0] ? json_string(u->executor) : json_null());
 	return o;
 }
