@@ -12,7 +12,7 @@ BUILD="meson ninja-build gcc clang libclang-rt-14-dev pkg-config
  libpq-dev zlib1g-dev"
 TEST="python3 python3-yaml clang-tidy clang-format cppcheck curl iproute2
  util-linux procps tmux prometheus sqlite3 uidmap busybox-static"
-BENCH="bubblewrap crun runc hyperfine redis-server postgresql"
+BENCH="bubblewrap crun runc hyperfine redis-server postgresql libhiredis-dev"
 
 want="$BUILD $TEST"
 [ "${1:-}" = bench ] && want="$want $BENCH"
