@@ -62,6 +62,14 @@ static void reply_stale(struct req *r, int64_t id, int64_t fence, const struct s
 				id, fence, why ? why : "the job has ended or moved on");
 }
 
+/* A small JSON answer built by hand: done callbacks run on the store's writer
+ * thread, which should spend its time committing, not in a JSON library. */
+static void reply_small(struct req *r, char *text)
+{
+	size_t len = strlen(text);
+	req_reply_text(r, MHD_HTTP_OK, "application/json", text, len);
+}
+
 /* ---- submit and retry ----------------------------------------------------- */
 
 struct owned_strings {
@@ -72,7 +80,7 @@ struct submit_ctx {
 	struct store_job_new *v;
 	struct owned_strings *own; /* what v[i] points to */
 	size_t n;
-	json_t *reply;
+	char *reply; /* rendered before the commit: the writer thread only sends it */
 };
 
 static struct submit_ctx *submit_ctx_new(size_t n)
@@ -104,7 +112,7 @@ static void submit_ctx_free(void *p)
 	}
 	free(c->own);
 	free(c->v);
-	json_decref(c->reply);
+	free(c->reply);
 	free(c);
 }
 
@@ -117,7 +125,8 @@ static void submit_done(struct store_mut *m, void *ud)
 				"the jobs could not be stored");
 		return;
 	}
-	req_reply_json(r, MHD_HTTP_CREATED, json_incref(c->reply));
+	size_t len = strlen(c->reply);
+	req_reply_text(r, MHD_HTTP_CREATED, "application/json", TAKE_PTR(c->reply), len);
 }
 
 /* Assigns ids, indexes the jobs, queues the insert, then dispatches. */
@@ -148,7 +157,9 @@ static void submit_jobs(struct req *r, struct submit_ctx *c)
 		};
 		json_array_append_new(arr, proto_job_to_json(&pj, 0));
 	}
-	c->reply = json_pack("{s:o}", "jobs", arr);
+	json_t *reply = json_pack("{s:o}", "jobs", arr);
+	c->reply = json_dumps(reply, JSON_COMPACT);
+	json_decref(reply);
 	obs_jobs_submitted(s, ORG_DEFAULT, c->n);
 	r->ctx = c;
 	r->ctx_free = submit_ctx_free;
@@ -457,8 +468,7 @@ static void status_done(struct store_mut *m, void *ud)
 	else if (m->result < 0)
 		reply_stale(r, c->id, m->start.fence, NULL, NULL);
 	else
-		req_reply_json(r, MHD_HTTP_OK,
-			       json_pack("{s:I,s:s}", "id", (json_int_t)c->id, "state", "running"));
+		reply_small(r, xasprintf("{\"id\":%" PRId64 ",\"state\":\"running\"}\n", c->id));
 }
 
 void h_jobs_status(struct req *r)
@@ -521,9 +531,9 @@ static void complete_done(struct store_mut *m, void *ud)
 	}
 	if (m->result == 0)
 		obs_job_ended(r->srv, c->state, ORG_DEFAULT);
-	req_reply_json(r, MHD_HTTP_OK,
-		       json_pack("{s:I,s:s,s:b}", "id", (json_int_t)c->id, "state",
-				 job_state_to_string(c->state), "duplicate", m->result == 1));
+	reply_small(r, xasprintf("{\"id\":%" PRId64 ",\"state\":\"%s\",\"duplicate\":%s}\n",
+				 c->id, job_state_to_string(c->state),
+				 m->result == 1 ? "true" : "false"));
 }
 
 static int parse_result(struct req *r, enum job_state *st, bool *has_code, int *code,

@@ -53,9 +53,6 @@ enum {
 	ST_BEGIN,
 	ST_COMMIT,
 	ST_ROLLBACK,
-	ST_SAVEPOINT,
-	ST_RELEASE,
-	ST_ROLLBACK_TO,
 	ST_JOB_INSERT,
 	ST_JOB_LEASE,
 	ST_ATTEMPT_INSERT,
@@ -97,9 +94,6 @@ static const char *const stmt_sql[ST_MAX] = {
 	[ST_BEGIN] = "BEGIN IMMEDIATE",
 	[ST_COMMIT] = "COMMIT",
 	[ST_ROLLBACK] = "ROLLBACK",
-	[ST_SAVEPOINT] = "SAVEPOINT m",
-	[ST_RELEASE] = "RELEASE m",
-	[ST_ROLLBACK_TO] = "ROLLBACK TO m",
 	[ST_JOB_INSERT] = "INSERT INTO jobs (id, name, state, priority, max_attempts, runs_on, "
 			  "need_cpus, need_memory, need_gpus, timeout_ms, submitted_at, retry_of, "
 			  "spec) VALUES (?1, ?2, 0, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
@@ -487,9 +481,9 @@ static int apply_lease(struct conn *c, struct store_mut *m)
 	sqlite3_bind_int64(st, 5, (sqlite3_int64)m->lease.now);
 	sqlite3_bind_int64(st, 6, (sqlite3_int64)m->lease.queue_wait_ms);
 	sqlite3_bind_int64(st, 7, m->lease.gpus);
-	r = exec_stmt(st);
-	/* A fence or attempt granted twice would be a scheduler bug: refuse it. */
-	return r == -EEXIST ? -ESTALE : r;
+	/* A fence or attempt granted twice would be a scheduler bug: -EEXIST is
+	 * fatal (the batch is not committed). */
+	return exec_stmt(st);
 }
 
 static int apply_start(struct conn *c, struct store_mut *m)
@@ -676,11 +670,13 @@ static int sq_apply(struct store *s, struct store_mut *m)
 		sqlite3_bind_int64(st, 1, m->fence_reserve.upto);
 		return exec_stmt(st);
 	}
-	/* A savepoint per mutation: a refused mutation leaves no partial write
-	 * while the rest of the batch commits. */
-	int r = exec_id(c, ST_SAVEPOINT);
-	if (r < 0)
-		return r;
+	/*
+	 * No savepoint per mutation: each one's first statement is its condition
+	 * (a refused mutation has written nothing when it returns -ESTALE or
+	 * -ENOENT), and a later statement can only fail on an I/O error or a
+	 * broken invariant, which are fatal for the whole batch anyway.
+	 */
+	int r;
 	switch (m->kind) {
 	case STORE_JOBS_INSERT: r = apply_insert(c, m); break;
 	case STORE_JOB_LEASE: r = apply_lease(c, m); break;
@@ -693,13 +689,7 @@ static int sq_apply(struct store *s, struct store_mut *m)
 	case STORE_ATTEMPT_USAGE: r = apply_usage(c, m); break;
 	default: r = -EINVAL; break;
 	}
-	if (r < 0) {
-		int r2 = exec_id(c, ST_ROLLBACK_TO);
-		if (r2 < 0)
-			return r2;
-	}
-	int r2 = exec_id(c, ST_RELEASE);
-	return r2 < 0 ? r2 : r;
+	return r;
 }
 
 /* ---- reads ---------------------------------------------------------------- */
@@ -1219,8 +1209,11 @@ static int sq_attempts_scan(struct store *s, const struct store_window *w,
 
 /* ---- checkpoints ---------------------------------------------------------- */
 
-#define CKPT_FRAMES 1000     /* checkpoint once the WAL has this many frames */
-#define CKPT_TRUNCATE 65536  /* past this many, wait for a full one (bounds the WAL) */
+/* Checkpoint once the WAL has this many frames (32 MiB): hot pages rewritten
+ * many times between two checkpoints are copied once. Past CKPT_TRUNCATE
+ * frames (512 MiB) the checkpoint waits for a full one, bounding the WAL. */
+#define CKPT_FRAMES 8192
+#define CKPT_TRUNCATE 131072
 
 /* Writer thread, after each commit. */
 static int wal_hook(void *ud, sqlite3 *db, const char *name, int frames)
