@@ -159,11 +159,12 @@ static double probe_cpus(void)
 	/* A cgroup quota (v2 cpu.max, v1 cfs_quota_us) bounds what we may use. */
 	struct buf b = BUF_INIT;
 	if (read_file("/sys/fs/cgroup/cpu.max", 256, &b) >= 0) {
-		char quota[32] = "";
-		unsigned long long period = 0;
-		if (sscanf(b.data, "%31s %llu", quota, &period) == 2 && !streq(quota, "max") &&
-		    period > 0) {
-			double q = strtod(quota, NULL) / (double)period;
+		/* "QUOTA PERIOD" or "max PERIOD" (no quota). */
+		char *end = NULL, *end2 = NULL;
+		unsigned long long quota = strtoull(b.data, &end, 10);
+		unsigned long long period = end != b.data && *end == ' ' ? strtoull(end + 1, &end2, 10) : 0;
+		if (end2 && end2 != end + 1 && period > 0 && !startswith(b.data, "max")) {
+			double q = (double)quota / (double)period;
 			if (q > 0 && q < cpus)
 				cpus = q;
 		}
@@ -189,11 +190,13 @@ static uint64_t probe_memory(void)
 	if (f) {
 		char line[256];
 		while (fgets(line, sizeof(line), f)) {
-			unsigned long long kb;
-			if (sscanf(line, "MemTotal: %llu kB", &kb) == 1) {
+			if (!startswith(line, "MemTotal:"))
+				continue;
+			char *end = NULL;
+			unsigned long long kb = strtoull(line + 9, &end, 10);
+			if (end != line + 9)
 				total = kb * 1024ULL;
-				break;
-			}
+			break;
 		}
 	}
 	uint64_t limit = 0;

@@ -277,8 +277,9 @@ void webhook_sign(const char *secret, const void *body, size_t len, char out[72]
 {
 	uint8_t mac[crypto_auth_hmacsha256_BYTES];
 	hmac_sha256(secret, body, len, mac);
-	memcpy(out, "sha256=", 7);
-	hex(mac, sizeof(mac), out + 7);
+	char hexmac[2 * crypto_auth_hmacsha256_BYTES + 1];
+	hex(mac, sizeof(mac), hexmac);
+	snprintf(out, 72, "sha256=%s", hexmac);
 }
 
 int webhook_verify(const char *signature_header, const void *body, size_t len,
