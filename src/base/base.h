@@ -128,6 +128,14 @@ int log_emit(enum log_level level, int r, const char *fmt, ...) KILN_PRINTF(3, 4
 #define log_info(...) ((void)log_at(LOG_INFO, 0, __VA_ARGS__))
 #define log_debug(...) ((void)log_at(LOG_DEBUG, 0, __VA_ARGS__))
 #define log_error_errno(r, ...) log_at(LOG_ERROR, (r), __VA_ARGS__)
+
+/*
+ * A value for a key=value field: s itself when it is non-empty and has no
+ * space, quote, backslash, '=' or control character; else s quoted and
+ * escaped into buf (cut to fit n). For names and messages users control:
+ * log_info("agent registered agent=%s", log_field(name, b, sizeof(b))).
+ */
+const char *log_field(const char *s, char *buf, size_t n);
 #define log_warn_errno(r, ...) log_at(LOG_WARN, (r), __VA_ARGS__)
 
 /* ---- buffers ------------------------------------------------------------- */

@@ -96,6 +96,32 @@ static void put_logfmt_value(struct buf *b, const char *s)
 	buf_putc(b, '"');
 }
 
+const char *log_field(const char *s, char *buf, size_t n)
+{
+	if (!s)
+		s = "";
+	if (!needs_quotes(s) && !strchr(s, '\\'))
+		return s;
+	size_t k = 0;
+	if (n < 3)
+		return "\"\"";
+	buf[k++] = '"';
+	for (; *s && k + 4 < n; s++) {
+		unsigned char c = (unsigned char)*s;
+		if (c == '"' || c == '\\') {
+			buf[k++] = '\\';
+			buf[k++] = (char)c;
+		} else if (c < 0x20) {
+			buf[k++] = ' ';
+		} else {
+			buf[k++] = (char)c;
+		}
+	}
+	buf[k++] = '"';
+	buf[k] = '\0';
+	return buf;
+}
+
 int log_emit(enum log_level level, int r, const char *fmt, ...)
 {
 	int saved = errno;

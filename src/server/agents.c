@@ -166,7 +166,9 @@ void h_agents_register(struct req *r)
 				    .done = register_done,
 				    .userdata = r};
 	store_submit(s->store, &r->mut);
-	log_info("agent registered agent=%s id=%" PRId64 " labels=%s slots=%" PRId64, name, a->id,
+	char nb[160];
+	log_info("agent registered agent=%s req=%s id=%" PRId64 " labels=%s slots=%" PRId64,
+		 log_field(name, nb, sizeof(nb)), r->id, a->id,
 		 *joined ? joined : "-", cap.slots);
 	sched_recheck_classes(s);
 	sched_kick_agent(s, a);
@@ -280,7 +282,9 @@ void h_agents_drain(struct req *r)
 				    .done = drain_done,
 				    .userdata = r};
 	store_submit(s->store, &r->mut);
-	log_info("agent %s agent=%s", draining ? "draining" : "undrained", a->name);
+	char nb[160];
+	log_info("agent %s agent=%s req=%s", draining ? "draining" : "undrained",
+		 log_field(a->name, nb, sizeof(nb)), r->id);
 	if (!draining)
 		sched_kick_agent(s, a);
 	pthread_mutex_unlock(&s->lock);

@@ -23,6 +23,7 @@
 #define DISCARD_MAX (16 << 20)
 
 #include <arpa/inet.h>
+#include <sodium.h>
 #include <inttypes.h>
 #include <netdb.h>
 #include <sys/socket.h>
@@ -249,10 +250,49 @@ static void set_deadline(struct server *s, struct conn_info *ci, uint64_t deadli
 	pthread_mutex_unlock(&s->lock);
 }
 
+/* ---- request ids ---------------------------------------------------------- */
+
+static bool req_id_valid(const char *v)
+{
+	size_t n = strlen(v);
+	if (n == 0 || n > REQ_ID_MAX)
+		return false;
+	for (size_t i = 0; i < n; i++) {
+		char c = v[i];
+		if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+		      c == '.' || c == '_' || c == ':' || c == '-'))
+			return false;
+	}
+	return true;
+}
+
+static uint32_t req_id_prefix;
+static atomic_uint_fast32_t req_id_counter;
+static pthread_once_t req_id_once = PTHREAD_ONCE_INIT;
+
+static void req_id_init(void)
+{
+	/* Random per process, so ids of two servers (or one restarted) differ. */
+	req_id_prefix = (uint32_t)randombytes_random();
+}
+
+static void req_set_id(struct req *r, struct MHD_Connection *conn)
+{
+	const char *v = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "X-Request-Id");
+	if (v && req_id_valid(v)) {
+		snprintf(r->id, sizeof(r->id), "%s", v);
+		return;
+	}
+	pthread_once(&req_id_once, req_id_init);
+	uint32_t n = (uint32_t)atomic_fetch_add_explicit(&req_id_counter, 1, memory_order_relaxed);
+	snprintf(r->id, sizeof(r->id), "%08" PRIx32 "%08" PRIx32, req_id_prefix, n);
+}
+
 static struct req *req_new(struct server *s, struct MHD_Connection *conn, const char *method)
 {
 	struct req *r = xcalloc(1, sizeof(*r));
 	r->srv = s;
+	req_set_id(r, conn);
 	r->conn = conn;
 	r->method = method;
 	r->start_ns = now_mono_ns();
@@ -321,12 +361,14 @@ static enum MHD_Result queue(struct req *r)
 	r->response = NULL;
 	r->phase = REQ_SENT;
 	count(r);
+	MHD_add_response_header(resp, "X-Request-Id", r->id);
 	if (r->status >= 500)
-		log_warn("request failed method=%s url=%s status=%u", r->method,
-			 r->url ? r->url : "?", r->status);
+		log_warn("request failed req=%s method=%s route=%s status=%u", r->id, r->method,
+			 r->route ? r->route->name : "unmatched", r->status);
 	else
-		log_debug("request method=%s url=%s status=%u", r->method, r->url ? r->url : "?",
-			  r->status);
+		log_debug("request req=%s method=%s route=%s status=%u ms=%.3f", r->id, r->method,
+			  r->route ? r->route->name : "unmatched", r->status,
+			  (double)(now_mono_ns() - r->start_ns) / 1e6);
 	enum MHD_Result ret = MHD_queue_response(r->conn, r->status, resp);
 	MHD_destroy_response(resp);
 	return ret;
@@ -534,8 +576,8 @@ static void request_completed(void *cls, struct MHD_Connection *conn, void **con
 		count(r);
 	}
 	if (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK)
-		log_debug("request ended early method=%s url=%s reason=%d", r->method,
-			  r->url ? r->url : "?", (int)toe);
+		log_debug("request ended early req=%s method=%s route=%s reason=%d", r->id, r->method,
+			  r->route ? r->route->name : "unmatched", (int)toe);
 	/* The next request on this connection must arrive within the idle
 	 * timeout plus the header timeout. */
 	struct conn_info *ci = conn_info_of(conn);
@@ -660,16 +702,20 @@ int http_start(struct server *s, struct kiln_err *err)
 			 MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
 	if (ss.ss_family == AF_INET6)
 		flags |= MHD_USE_IPv6;
+	/* The logger first: MHD reports problems with later options through it,
+	 * and a pool of 1 is no pool (MHD would warn on stderr otherwise). */
 	s->mhd = MHD_start_daemon(
-		flags, 0, NULL, NULL, access_handler, s, MHD_OPTION_SOCK_ADDR,
+		flags, 0, NULL, NULL, access_handler, s, MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL,
+		MHD_OPTION_SOCK_ADDR,
 		(struct sockaddr *)&ss, MHD_OPTION_CONNECTION_LIMIT, s->cfg.max_connections,
 		MHD_OPTION_PER_IP_CONNECTION_LIMIT, s->cfg.per_ip_connections,
 		MHD_OPTION_CONNECTION_TIMEOUT, s->cfg.idle_timeout_s,
 		MHD_OPTION_NOTIFY_COMPLETED, request_completed, s, MHD_OPTION_NOTIFY_CONNECTION,
-		connection_notify, s, MHD_OPTION_THREAD_POOL_SIZE, s->cfg.threads,
+		connection_notify, s, MHD_OPTION_THREAD_POOL_SIZE,
+		s->cfg.threads > 1 ? s->cfg.threads : 0,
 		MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)64 * 1024,
 		MHD_OPTION_LISTEN_BACKLOG_SIZE, 1024, MHD_OPTION_LISTENING_ADDRESS_REUSE, 1,
-		MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL, MHD_OPTION_END);
+		MHD_OPTION_END);
 	if (!s->mhd) {
 		int e = errno ? -errno : -EADDRINUSE;
 		return kiln_err_set(err, e, "cannot listen on '%s': %s", s->cfg.listen,

@@ -161,6 +161,15 @@ static void submit_jobs(struct req *r, struct submit_ctx *c)
 	c->reply = json_dumps(reply, JSON_COMPACT);
 	json_decref(reply);
 	obs_jobs_submitted(s, ORG_DEFAULT, c->n);
+	char nb[160];
+	if (c->n == 1)
+		log_info("job submitted job=%" PRId64 " org=%s req=%s name=%s retry_of=%" PRId64,
+			 c->v[0].id, ORG_DEFAULT, r->id, log_field(c->v[0].name, nb, sizeof(nb)),
+			 c->v[0].retry_of);
+	else
+		log_info("jobs submitted jobs=%" PRId64 "-%" PRId64 " count=%zu org=%s req=%s name=%s",
+			 c->v[0].id, c->v[c->n - 1].id, c->n, ORG_DEFAULT, r->id,
+			 log_field(c->v[0].name, nb, sizeof(nb)));
 	r->ctx = c;
 	r->ctx_free = submit_ctx_free;
 	r->mut = (struct store_mut){.kind = STORE_JOBS_INSERT,
@@ -449,8 +458,10 @@ void h_jobs_cancel(struct req *r)
 		r->mut.finish.fence = j->fence;
 		sched_end_lease(s, j, "cancelled");
 	}
-	log_info("job cancelled job=%" PRId64 " state=%s by=%s", id, job_state_to_string(c->previous),
-		 r->principal ? r->principal->name : "?");
+	char pb[160];
+	log_info("job cancelled job=%" PRId64 " org=%s req=%s state=%s by=%s", id, ORG_DEFAULT, r->id,
+		 job_state_to_string(c->previous),
+		 log_field(r->principal ? r->principal->name : "?", pb, sizeof(pb)));
 	sched_free_job(s, j);
 	store_submit(s->store, &r->mut);
 	pthread_mutex_unlock(&s->lock);
@@ -611,8 +622,13 @@ void h_jobs_complete(struct req *r)
 				    .done = complete_done,
 				    .userdata = r};
 	store_submit(s->store, &r->mut);
+	/* Logged once, when the result is taken (a retransmission finds no j);
+	 * formatted after the lock is let go. */
+	char agent[160] = "";
+	bool taken = j != NULL;
 	if (j) {
 		struct sagent *a = j->agent;
+		snprintf(agent, sizeof(agent), "%s", a ? a->name : "?");
 		sched_end_lease(s, j, NULL);
 		sched_free_job(s, j);
 		if (a)
@@ -621,4 +637,11 @@ void h_jobs_complete(struct req *r)
 		take_revoked(s, id, fence);
 	}
 	pthread_mutex_unlock(&s->lock);
+	if (taken) {
+		char ab[180];
+		log_info("job finished job=%" PRId64 " state=%s agent=%s org=%s req=%s fence=%" PRId64
+			 " exit=%d",
+			 id, job_state_to_string(st), log_field(agent, ab, sizeof(ab)), ORG_DEFAULT,
+			 r->id, fence, has_code ? code : -1);
+	}
 }

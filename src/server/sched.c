@@ -739,8 +739,13 @@ void sched_grant(struct server *s, struct sjob *j, struct sagent *a, struct req 
 	obs_lease_granted(s, waited_ns);
 
 	fence_reserve_ahead(s);
-	log_debug("lease granted job=%" PRId64 " agent=%s fence=%" PRId64 " attempt=%" PRId64,
-		  j->id, a->name, j->fence, j->attempt);
+	if (log_max_level >= LOG_DEBUG) {
+		char ab[160];
+		log_debug("lease granted job=%" PRId64 " agent=%s org=%s req=%s fence=%" PRId64
+			  " attempt=%" PRId64 " waited_ms=%" PRIu64,
+			  j->id, log_field(a->name, ab, sizeof(ab)), ORG_DEFAULT, r->id, j->fence,
+			  j->attempt, (uint64_t)(waited_ns / NSEC_PER_MSEC));
+	}
 	struct lease_ctx lc = {.id = j->id, .attempt = j->attempt,
 			       .max_attempts = j->max_attempts, .fence = j->fence,
 			       .agent_id = a->id, .timeout_ms = j->timeout_ms,
@@ -786,14 +791,16 @@ void sched_grant(struct server *s, struct sjob *j, struct sagent *a, struct req 
 
 void sched_release(struct server *s, struct sjob *j, const char *why, bool revoke, bool refund)
 {
-	const char *agent = j->agent ? j->agent->name : "?";
+	char ab[160], wb[600];
+	const char *agent = log_field(j->agent ? j->agent->name : "?", ab, sizeof(ab));
+	const char *lwhy = log_field(why, wb, sizeof(wb));
 	int64_t fence = j->fence;
 	if (refund) {
 		/* This attempt does not count: one more is allowed. */
 		j->max_attempts++;
 		log_info("lease handed back unstarted, job queued again job=%" PRId64
-			 " agent=%s fence=%" PRId64 " why=\"%s\"",
-			 j->id, agent, fence, why);
+			 " agent=%s org=%s fence=%" PRId64 " why=%s",
+			 j->id, agent, ORG_DEFAULT, fence, lwhy);
 		struct store_mut *m = mut_new(STORE_JOB_REQUEUE);
 		char *msg = xasprintf("%s (before it started; the attempt does not count)", why);
 		m->requeue = (__typeof__(m->requeue)){.job_id = j->id, .fence = fence,
@@ -807,9 +814,9 @@ void sched_release(struct server *s, struct sjob *j, const char *why, bool revok
 		return;
 	}
 	if (j->attempt < j->max_attempts) {
-		log_warn("lease ended, job queued again job=%" PRId64 " agent=%s fence=%" PRId64
-			 " attempt=%" PRId64 " why=\"%s\"",
-			 j->id, agent, fence, j->attempt, why);
+		log_warn("lease ended, job queued again job=%" PRId64 " agent=%s org=%s fence=%" PRId64
+			 " attempt=%" PRId64 " why=%s",
+			 j->id, agent, ORG_DEFAULT, fence, j->attempt, lwhy);
 		struct store_mut *m = mut_new(STORE_JOB_REQUEUE);
 		char *msg = xasprintf("%s (attempt %" PRId64 " of %" PRId64 ")", why, j->attempt,
 				      j->max_attempts);
@@ -823,8 +830,8 @@ void sched_release(struct server *s, struct sjob *j, const char *why, bool revok
 		sched_requeue(s, j);
 		return;
 	}
-	log_warn("lease ended with no retries left, job lost job=%" PRId64 " agent=%s why=\"%s\"",
-		 j->id, agent, why);
+	log_warn("lease ended with no retries left, job lost job=%" PRId64 " agent=%s org=%s why=%s",
+		 j->id, agent, ORG_DEFAULT, lwhy);
 	struct store_mut *m = mut_new(STORE_JOB_FINISH);
 	char *msg = xasprintf("lost: %s, and no retries are left (attempt %" PRId64 " of %" PRId64
 			      ")",
@@ -855,8 +862,9 @@ static void time_out(struct server *s, struct sjob *j)
 {
 	char t[32];
 	format_duration_ms(j->timeout_ms, t);
-	log_warn("job timed out (enforced by the server) job=%" PRId64 " agent=%s", j->id,
-		 j->agent ? j->agent->name : "?");
+	char ab[160];
+	log_warn("job timed out (enforced by the server) job=%" PRId64 " agent=%s org=%s", j->id,
+		 log_field(j->agent ? j->agent->name : "?", ab, sizeof(ab)), ORG_DEFAULT);
 	struct store_mut *m = mut_new(STORE_JOB_FINISH);
 	char grace[32];
 	format_duration_ms(s->cfg.timeout_grace_ms, grace);

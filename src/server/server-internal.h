@@ -87,6 +87,10 @@ struct principal {
 struct follower;
 struct upload;
 
+/* A request id: the client's X-Request-Id when it is [A-Za-z0-9._:-]{1,64},
+ * else 16 hex digits (a per-process random prefix and a counter). */
+#define REQ_ID_MAX 64
+
 struct req {
 	struct server *srv;
 	struct MHD_Connection *conn;
@@ -98,6 +102,7 @@ struct req {
 	size_t n_params;
 	const struct principal *principal;
 	uint64_t start_ns;
+	char id[REQ_ID_MAX + 1]; /* request id: log lines carry req=, answers X-Request-Id */
 
 	/* body */
 	struct buf body;

@@ -189,6 +189,23 @@ TEST(kiln_err_prefix)
 	CHECK_STREQ(err.msg, "loading spec: no such file 'x'");
 }
 
+TEST(log_field_quotes_what_needs_it)
+{
+	char b[32];
+	CHECK_STREQ(log_field("plain-name_1", b, sizeof(b)), "plain-name_1");
+	CHECK_STREQ(log_field("two words", b, sizeof(b)), "\"two words\"");
+	CHECK_STREQ(log_field("a\"b\\c", b, sizeof(b)), "\"a\\\"b\\\\c\"");
+	CHECK_STREQ(log_field("x=y", b, sizeof(b)), "\"x=y\"");
+	CHECK_STREQ(log_field("line\nbreak", b, sizeof(b)), "\"line break\"");
+	CHECK_STREQ(log_field("", b, sizeof(b)), "\"\"");
+	CHECK_STREQ(log_field(NULL, b, sizeof(b)), "\"\"");
+	/* Cut to fit, still closed. */
+	const char *v = log_field("a very long value that does not fit here", b, 12);
+	size_t n = strlen(v);
+	CHECK(n >= 3 && n < 12);
+	CHECK(v[0] == '"' && v[n - 1] == '"');
+}
+
 int main(void)
 {
 	return tap_run();
