@@ -87,7 +87,8 @@ static int parse_when(const char *v, uint64_t now, uint64_t *ret)
 int req_window(struct req *r, uint64_t default_ms, struct store_window *ret)
 {
 	uint64_t now = proto_now_ms();
-	struct store_window w = {.since = now > default_ms ? now - default_ms : 0, .until = now};
+	/* until is exclusive: now + 1 takes in what finished this millisecond. */
+	struct store_window w = {.since = now > default_ms ? now - default_ms : 0, .until = now + 1};
 	const char *keys[] = {"since", "until"};
 	uint64_t *dst[] = {&w.since, &w.until};
 	for (size_t i = 0; i < 2; i++) {
