@@ -516,7 +516,8 @@ void h_agents_heartbeat(struct req *r)
  *
  * stop_leasing: the agent takes no more work: its parked lease long-polls
  * are answered 204 first (an agent that cut its long-poll off cannot receive
- * a job granted into it; a parked request of a crashed agent the same).
+ * a job granted into it; a parked request of a crashed agent the same), and
+ * its parked heartbeats are answered too.
  * Answered once the decisions are durable.
  */
 struct release_ctx {
@@ -570,7 +571,7 @@ void h_agents_release(struct req *r)
 		return;
 	}
 	touch(a);
-	if (json_is_true(json_object_get(r->json, "stop_leasing")))
+	if (json_is_true(json_object_get(r->json, "stop_leasing"))) {
 		for (struct req *w = s->waiters_head, *next; w; w = next) {
 			next = w->wnext;
 			if (w->wait_agent != a)
@@ -580,6 +581,14 @@ void h_agents_release(struct req *r)
 					   MHD_create_response_from_buffer(0, NULL,
 									   MHD_RESPMEM_PERSISTENT));
 		}
+		/* Its parked heartbeats too: an agent that is going away would
+		 * otherwise leave them to be answered into closed connections. */
+		for (struct req *w = s->hb_head, *next; w; w = next) {
+			next = w->wnext;
+			if (w->wait_agent == a)
+				heartbeat_expire(s, w);
+		}
+	}
 	json_t *released = json_array(), *requeued = json_array(), *lost = json_array();
 	for (size_t i = a->n_jobs; i > 0; i--) {
 		struct sjob *j = a->jobs[i - 1];
@@ -588,7 +597,7 @@ void h_agents_release(struct req *r)
 			match = list.ids[k] == j->id && list.fences[k] == j->fence;
 		if (!match)
 			continue;
-		bool refund = j->state == JOB_LEASED;
+		bool refund = j->state == JOB_LEASED && j->refunds < SCHED_MAX_REFUNDS;
 		json_array_append_new(released, json_integer(j->id));
 		json_array_append_new(refund || j->attempt < j->max_attempts ? requeued : lost,
 				      json_integer(j->id));

@@ -795,8 +795,13 @@ void sched_release(struct server *s, struct sjob *j, const char *why, bool revok
 	const char *agent = log_field(j->agent ? j->agent->name : "?", ab, sizeof(ab));
 	const char *lwhy = log_field(why, wb, sizeof(wb));
 	int64_t fence = j->fence;
+	/* An agent that keeps handing a job back unstarted must not keep it
+	 * queued for ever: past a few times, attempts count again. */
+	if (refund && j->refunds >= SCHED_MAX_REFUNDS)
+		refund = false;
 	if (refund) {
 		/* This attempt does not count: one more is allowed. */
+		j->refunds++;
 		j->max_attempts++;
 		log_info("lease handed back unstarted, job queued again job=%" PRId64
 			 " agent=%s org=%s fence=%" PRId64 " why=%s",

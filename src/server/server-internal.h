@@ -196,6 +196,7 @@ struct sjob {
 	struct joblog *log;        /* open log of the current attempt */
 	uint64_t insert_seq;       /* store sequence of its insert (0: durable at load) */
 	uint64_t queued_ns;        /* monotonic: entered the queue (submit or requeue) */
+	unsigned refunds;          /* attempts handed back unstarted (bounded) */
 };
 
 /* A lease the server took back (cancel, timeout, expiry) that the agent may
@@ -319,6 +320,8 @@ void sched_requeue(struct server *s, struct sjob *j);
  * refund: the attempt does not count (max_attempts + 1; always queued again).
  */
 void sched_release(struct server *s, struct sjob *j, const char *why, bool revoke, bool refund);
+/* Unstarted hand-backs of one job that do not count (then they do). */
+#define SCHED_MAX_REFUNDS 5
 /* Gives parked lease requests of agent a a chance at newly fitting work. */
 void sched_kick_agent(struct server *s, struct sagent *a);
 void sched_recheck_classes(struct server *s);

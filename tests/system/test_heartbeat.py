@@ -209,6 +209,22 @@ class ReleaseTest(Case):
         a.status(jid, l2["fence"])
         self.assertEqual(a.complete(jid, l2["fence"])[0], 200)
 
+    def test_refunds_are_bounded(self):
+        # An agent that keeps handing a job back unstarted cannot keep it
+        # queued for ever: after 5 refunds the attempts count again.
+        a = self.agent("a")
+        jid = self.submit(name="bounced")
+        for i in range(5):
+            lease = a.lease()
+            reply = a.c.ok("POST", f"/v1/agents/{a.id}/release",
+                           {"jobs": [{"id": jid, "fence": lease["fence"]}]})
+            self.assertEqual(reply["requeued"], [jid], i)
+        lease = a.lease()
+        reply = a.c.ok("POST", f"/v1/agents/{a.id}/release",
+                       {"jobs": [{"id": jid, "fence": lease["fence"]}]})
+        self.assertEqual(reply["lost"], [jid])
+        self.assertEqual(self.job(jid)["state"], "lost")
+
     def test_stop_leasing_answers_parked_lease_requests(self):
         a = self.agent("a")
         client = self.server.client()
