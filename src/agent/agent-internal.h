@@ -133,6 +133,8 @@ int job_run(struct job *j, struct job_outcome *out);
 /* job.c */
 struct job *job_new(struct agent *a, json_t *lease, struct kiln_err *err);
 int job_start(struct job *j);
+/* Reports a job job_start() could not start as failed (with why). */
+void job_fail_unstarted(struct job *j, struct http *h, int error);
 void job_free(struct job *j);
 /* Stops a job early (any thread): records why, kills its sandbox, wakes it. */
 void job_request_stop(struct job *j, enum job_stop why, const char *reason);
@@ -155,9 +157,10 @@ int shipper_start(struct job *j);
  */
 int shipper_finish(struct job *j);
 
-/* seed.c: copies src (or only the listed relative paths in it) into dst. */
-int copy_tree(const char *src, const char *dst, char *const *files, size_t n_files,
-	      struct kiln_err *err);
+/* seed.c: copies src (or only the listed relative paths in it) into dst,
+ * never descending into the directory `skip` (nor dst itself). */
+int copy_tree(const char *src, const char *dst, const char *skip, char *const *files,
+	      size_t n_files, struct kiln_err *err);
 
 /* artifacts.c */
 /* Uploads the spec's artifacts from the workspace; appends a marker per problem. */

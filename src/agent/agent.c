@@ -444,9 +444,9 @@ static void start_job(struct agent *a, json_t *lease)
 	pthread_mutex_unlock(&a->lock);
 	int r = job_start(j);
 	if (r < 0) {
-		log_error("cannot start a job, releasing it job=%" PRId64 " error=\"%s\"", j->id,
-			  strerror(-r));
-		agent_release_job(a, a->lease_http, j, "the agent could not start the job");
+		/* Not released (it would come straight back to us): failed, with why. */
+		log_error("cannot start a job job=%" PRId64 " error=\"%s\"", j->id, strerror(-r));
+		job_fail_unstarted(j, a->lease_http, r);
 		pthread_mutex_lock(&a->lock);
 		for (struct job **p = &a->jobs; *p; p = &(*p)->next)
 			if (*p == j) {
@@ -563,13 +563,15 @@ int agent_run(struct agent *a, struct kiln_err *err)
 	release(a, a->lease_http, none, "the agent is stopping", true);
 	json_decref(none);
 	wind_down(a);
-	/* A lease granted while the long-poll was being cut off is handed back
-	 * (the server does not count an attempt the agent never started). */
-	release(a, a->lease_http, NULL, "the agent stopped", true);
+	/* The heartbeat thread ends with the answer to its parked request,
+	 * which the release below brings at once. */
 	pthread_mutex_lock(&a->lock);
 	a->run_done = true;
 	pthread_cond_broadcast(&a->cond);
 	pthread_mutex_unlock(&a->lock);
+	/* A lease granted while the long-poll was being cut off is handed back
+	 * (the server does not count an attempt the agent never started). */
+	release(a, a->lease_http, NULL, "the agent stopped", true);
 	http_abort(a->hb_http);
 	pthread_join(a->hb_thread, NULL);
 	a->hb_started = false;

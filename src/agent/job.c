@@ -202,9 +202,16 @@ static void *runner_main(void *p)
 	struct http *h = http_new(a->base_url, a->token);
 	struct job_outcome out = {.state = JOB_FAILED};
 	uint64_t t0 = now_mono_ns();
+	struct kiln_err err = {0};
 	if (!j->spec) {
 		spool_marker(j, "job failed: its spec is not valid: %s", j->spec_error);
 		out.message = xasprintf("kiln: the spec is not valid: %s", j->spec_error);
+		out.usage = json_object();
+		out.steps = json_array();
+	} else if (a->seed_dir && copy_tree(a->seed_dir, j->workspace, a->state_dir, a->seed_files,
+					    a->n_seed_files, &err) < 0) {
+		spool_marker(j, "job failed before it started: %s", err.msg);
+		out.message = xasprintf("kiln: %s", err.msg);
 		out.usage = json_object();
 		out.steps = json_array();
 	} else {
@@ -232,11 +239,18 @@ static void *runner_main(void *p)
 	}
 	int r = shipper_finish(j);
 	stop = job_stop_reason(j);
-	if (stop == STOP_RELEASE)
+	if (stop == STOP_RELEASE) {
 		agent_release_job(a, h, j, "the agent stopped before the job finished");
-	else if (stop == STOP_NONE || stop == STOP_TIMEOUT)
+	} else if (stop == STOP_NONE || stop == STOP_TIMEOUT) {
 		complete(j, h, &out);
-	else
+	} else if (stop == STOP_CANCELLED) {
+		/* The server has ended it already; the report still carries what
+		 * the attempt used (the server keeps usage even from a result it
+		 * does not take). */
+		out.state = JOB_CANCELLED;
+		out.has_exit_code = false;
+		complete(j, h, &out);
+	} else
 		log_info("job ended without a result job=%" PRId64 " reason=\"%s\" log=%s", j->id,
 			 j->stop_reason ? j->stop_reason : "-", r == 0 ? "complete" : "partial");
 	outcome_release(&out);
@@ -277,14 +291,6 @@ int job_start(struct job *j)
 		r = -errno;
 	if (r >= 0)
 		r = write_lease_file(j);
-	if (r >= 0 && j->agent->seed_dir) {
-		struct kiln_err err = {0};
-		r = copy_tree(j->agent->seed_dir, j->workspace, j->agent->seed_files,
-			      j->agent->n_seed_files, &err);
-		if (r < 0)
-			log_error("cannot seed the workspace job=%" PRId64 " error=\"%s\"", j->id,
-				  err.msg);
-	}
 	if (r >= 0)
 		r = spool_open(j);
 	if (r >= 0) {
@@ -302,4 +308,17 @@ int job_start(struct job *j)
 		}
 	}
 	return r;
+}
+
+void job_fail_unstarted(struct job *j, struct http *h, int error)
+{
+	struct job_outcome out = {
+		.state = JOB_FAILED,
+		.message = xasprintf("kiln: agent '%s' could not set the job up: %s", j->agent->name,
+				     strerror(-error)),
+		.usage = json_object(),
+		.steps = json_array(),
+	};
+	complete(j, h, &out);
+	outcome_release(&out);
 }

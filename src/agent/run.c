@@ -339,8 +339,10 @@ static void run_step(struct run *r, struct sandbox *sb, size_t idx, struct step_
 
 /* ---- the job ------------------------------------------------------------------ */
 
+/* The usage report of the completion (proto_usage_from_json's fields). */
 static void add_usage(json_t *o, const struct sandbox_stats *st, uint64_t wall_ns)
 {
+	json_object_set_new(o, "executor", json_string("sandbox"));
 	json_object_set_new(o, "wall_ms", json_integer((json_int_t)(wall_ns / NSEC_PER_MSEC)));
 	if (st->have_cpu) {
 		json_object_set_new(o, "cpu_user_ms",

@@ -20,7 +20,19 @@
 struct seed {
 	uint64_t bytes;
 	const char *root;
+	/* Never copied: the agent's own state directory, when it lies inside
+	 * the source (kiln run in /tmp with TMPDIR=/tmp), and the destination. */
+	dev_t skip_dev[2];
+	ino_t skip_ino[2];
 };
+
+static bool skipped(const struct seed *s, const struct stat *st)
+{
+	for (size_t i = 0; i < ARRAY_SIZE(s->skip_ino); i++)
+		if (s->skip_ino[i] && st->st_dev == s->skip_dev[i] && st->st_ino == s->skip_ino[i])
+			return true;
+	return false;
+}
 
 static int copy_file(struct seed *s, int sdir, int ddir, const char *name, const struct stat *st)
 {
@@ -74,6 +86,8 @@ static int copy_entry(struct seed *s, int sdir, int ddir, const char *name, unsi
 		return copy_link(sdir, ddir, name);
 	if (!S_ISDIR(st.st_mode))
 		return 0; /* sockets, fifos, devices: not part of a source tree */
+	if (skipped(s, &st))
+		return 0;
 	if (depth >= SEED_MAX_DEPTH)
 		return -ELOOP;
 	if (mkdirat(ddir, name, (st.st_mode & 07777) | 0700) < 0 && errno != EEXIST)
@@ -129,8 +143,9 @@ static int copy_path(struct seed *s, int sroot, int droot, const char *rel)
 			break;
 		}
 		struct stat st;
-		if (fstatat(sdir, comp, &st, AT_SYMLINK_NOFOLLOW) < 0 || !S_ISDIR(st.st_mode)) {
-			r = 0; /* vanished or not a directory any more: skip */
+		if (fstatat(sdir, comp, &st, AT_SYMLINK_NOFOLLOW) < 0 || !S_ISDIR(st.st_mode) ||
+		    skipped(s, &st)) {
+			r = 0; /* vanished, not a directory any more, or kiln's own: skip */
 			break;
 		}
 		if (mkdirat(ddir, comp, (st.st_mode & 07777) | 0700) < 0 && errno != EEXIST) {
@@ -154,10 +169,19 @@ static int copy_path(struct seed *s, int sroot, int droot, const char *rel)
 	return r == -ENOENT ? 0 : r; /* a listed file that is gone is not an error */
 }
 
-int copy_tree(const char *src, const char *dst, char *const *files, size_t n_files,
-	      struct kiln_err *err)
+int copy_tree(const char *src, const char *dst, const char *skip, char *const *files,
+	      size_t n_files, struct kiln_err *err)
 {
 	struct seed s = {.root = src};
+	struct stat st;
+	if (skip && stat(skip, &st) == 0) {
+		s.skip_dev[0] = st.st_dev;
+		s.skip_ino[0] = st.st_ino;
+	}
+	if (stat(dst, &st) == 0) {
+		s.skip_dev[1] = st.st_dev;
+		s.skip_ino[1] = st.st_ino;
+	}
 	_cleanup_close_ int sfd = open(src, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	if (sfd < 0)
 		return kiln_err_set(err, -errno, "cannot open '%s': %s", src, strerror(errno));

@@ -84,7 +84,14 @@ class StepsTest(JobCase):
         self.assertEqual(lines[9:11], [b"a", b"b"])
         self.assertRegex(lines[-2], rb"^##\[kiln\] job succeeded after \d+\.\d{3}s$")
         self.assertEqual(lines[-1], b"")
-        self.assertEqual(j["attempts"][0]["agent"], "a1")
+        att = j["attempts"][0]
+        self.assertEqual(att["agent"], "a1")
+        # The usage comes with the result.
+        u = att["usage"]
+        self.assertTrue(u["reported"], u)
+        self.assertEqual(u["executor"], "sandbox")
+        self.assertGreater(u["memory_peak_bytes"], 0)
+        self.assertGreater(u["wall_ms"] + u["cpu_user_ms"] + u["cpu_system_ms"], 0)
 
     def test_binary_output_is_kept_byte_for_byte(self):
         # 300 KiB of random bytes, written both to the log and to an artifact.
@@ -272,6 +279,8 @@ class CancelTest(JobCase):
         took = time.monotonic() - t0
         self.assertLess(took, CANCEL_BOUND, f"cgroup emptied {took:.3f}s after the cancel")
         self.assertEqual(self.job(jid)["state"], "cancelled")
+        # What the cancelled attempt used is still reported.
+        wait_for(lambda: self.job(jid)["attempts"][0]["usage"]["reported"], what="its usage")
         wait_for(lambda: not a.sandbox_entries(), what="the sandbox to be removed")
         wait_for(lambda: not any(os.path.exists(c) for c in cgroups), what="the cgroups removed")
         # The agent is free for the next job.
