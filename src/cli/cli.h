@@ -66,3 +66,6 @@ extern const char cmd_usage_help[];
 int cmd_usage(int argc, char **argv);
 /* $XDG_STATE_HOME/kiln[/sub] (else ~/.local/state/kiln[/sub]); caller frees. */
 char *cli_default_state_dir(const char *sub);
+extern const char cmd_up_help[], cmd_run_help[];
+int cmd_up(int argc, char **argv);
+int cmd_run(int argc, char **argv);

@@ -180,7 +180,8 @@ static int download_data(const void *data, size_t len, void *ud)
 	return 0;
 }
 
-static int download(struct kiln_client *cl, const char *job, const json_t *art, const char *out)
+int cli_download_artifact(struct kiln_client *cl, const char *job, const json_t *art,
+			  const char *out)
 {
 	const char *path = json_string_value(json_object_get(art, "path"));
 	const char *want = json_string_value(json_object_get(art, "sha256"));
@@ -276,7 +277,7 @@ int cmd_artifacts(int argc, char **argv)
 			rc = cli_fail("artifacts", "job %s has no artifact '%s' (kiln artifacts %s lists them)",
 				      job, get, job);
 		else
-			rc = download(cl, job, found, out);
+			rc = cli_download_artifact(cl, job, found, out);
 	} else {
 		json_t *arts = json_object_get(ans, "artifacts");
 		if (!json_array_size(arts)) {

@@ -44,6 +44,14 @@ void table_release(struct table *t);
 int cli_follow_log(struct kiln_client *c, int64_t id, int64_t attempt, uint64_t offset,
 		   bool follow, FILE *out, struct kiln_err *err);
 
+/*
+ * Downloads artifact `art` (an entry of GET .../artifacts) of job to `out`
+ * (a path; "-" for stdout; NULL: its base name), checking its sha256. Prints
+ * "OUT: N bytes, sha256 H" (or the error) to stderr. Returns an exit code.
+ */
+int cli_download_artifact(struct kiln_client *cl, const char *job, const json_t *art,
+			  const char *out);
+
 /* "5s", "3m", "2h", "4d" since the RFC 3339 time `ts` (JSON string or null: "-"). */
 void cli_age(const json_t *ts, char out[32]);
 /* kiln describe job: prints the "Usage:" section of a job (cmd-usage.c). */
