@@ -15,6 +15,8 @@ const struct cli_command cli_commands[] = {
 	{"artifacts", "list or download a job's artifacts", cmd_artifacts_help, cmd_artifacts},
 	{"usage", "what jobs used, per org over a period (table, CSV, JSON)", cmd_usage_help,
 	 cmd_usage},
+	{"stats", "performance report: percentiles, utilisation, recommendations", cmd_stats_help,
+	 cmd_stats},
 	{"agent", "run a host agent: lease jobs, run them in sandboxes", cmd_agent_help, cmd_agent},
 	{"up", "run a server and an agent in one process (one machine)", cmd_up_help, cmd_up},
 	{"run", "run a job or a command and follow it (embedded if no server)", cmd_run_help, cmd_run},

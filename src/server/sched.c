@@ -733,6 +733,7 @@ void sched_grant(struct server *s, struct sjob *j, struct sagent *a, struct req 
 	j->agent = a;
 	j->lease_expires_ns = now + s->cfg.lease_ttl_ms * NSEC_PER_MSEC;
 	j->deadline_ns = now + (j->timeout_ms + s->cfg.timeout_grace_ms) * NSEC_PER_MSEC;
+	j->leased_ns = now;
 	agent_add_job(a, j);
 	active_add(s, j);
 	uint64_t waited_ns = now > j->queued_ns ? now - j->queued_ns : 0;
@@ -1002,6 +1003,7 @@ static void load_job(void *ud, const struct proto_job *pj)
 		elapsed_ms = now_ms - pj->leased_at;
 	uint64_t budget = j->timeout_ms + s->cfg.timeout_grace_ms;
 	j->deadline_ns = now + (budget > elapsed_ms ? budget - elapsed_ms : 0) * NSEC_PER_MSEC;
+	j->leased_ns = now > elapsed_ms * NSEC_PER_MSEC ? now - elapsed_ms * NSEC_PER_MSEC : 0;
 	j->agent = sched_agent(s, pj->agent_id);
 	if (j->agent)
 		agent_add_job(j->agent, j);

@@ -197,6 +197,7 @@ struct sjob {
 	uint64_t insert_seq;       /* store sequence of its insert (0: durable at load) */
 	uint64_t queued_ns;        /* monotonic: entered the queue (submit or requeue) */
 	unsigned refunds;          /* attempts handed back unstarted (bounded) */
+	uint64_t leased_ns;        /* monotonic: the current lease was granted */
 };
 
 /* A lease the server took back (cancel, timeout, expiry) that the agent may
@@ -407,6 +408,8 @@ void usage_record(struct server *s, int64_t job_id, int64_t fence, const struct 
  */
 int req_window(struct req *r, uint64_t default_ms, struct store_window *ret);
 void h_usage(struct req *r);
+/* stats.c: GET /v1/stats (docs/stats.md) */
+void h_stats(struct req *r);
 
 /* artifacts.c */
 void upload_free(struct upload *u);

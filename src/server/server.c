@@ -72,6 +72,7 @@ const struct route server_routes[] = {
 	  NULL),
 	R("GET", "/v1/agents", "agents.list", BODY_NONE, 0, h_agents_list, NULL),
 	R("GET", "/v1/usage", "usage", BODY_NONE, 0, h_usage, NULL),
+	R("GET", "/v1/stats", "stats", BODY_NONE, 0, h_stats, NULL),
 	R("GET", "/v1/agents/{id}", "agents.get", BODY_NONE, 0, h_agents_get, NULL),
 	R("POST", "/v1/agents/{id}/drain", "agents.drain", BODY_JSON, 0, h_agents_drain, NULL),
 	R("POST", "/v1/agents/{id}/lease", "agents.lease", BODY_JSON, ROUTE_AGENT, h_agents_lease,

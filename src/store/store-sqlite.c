@@ -1167,7 +1167,7 @@ static int sq_attempts_scan(struct store *s, const struct store_window *w,
 	struct buf sql = BUF_INIT;
 	buf_puts(&sql, "SELECT a.job_id, a.attempt, a.agent_id, g.name, j.runs_on, " ORG_OF_JOB
 		       ", a.state, a.attempt = j.attempt AND j.state >= 3, a.leased_at, "
-		       "a.started_at, a.finished_at, " USAGE_COLS
+		       "a.started_at, a.finished_at, a.message, " USAGE_COLS
 		       " FROM attempts a JOIN jobs j ON j.id = a.job_id "
 		       "LEFT JOIN agents g ON g.id = a.agent_id");
 	window_sql(&sql, w);
@@ -1196,8 +1196,9 @@ static int sq_attempts_scan(struct store *s, const struct store_window *w,
 			.leased_at = (uint64_t)sqlite3_column_int64(st, 8),
 			.started_at = (uint64_t)sqlite3_column_int64(st, 9),
 			.finished_at = (uint64_t)sqlite3_column_int64(st, 10),
+			.message = (const char *)sqlite3_column_text(st, 11),
 		};
-		row_to_usage(st, 11, &row.usage);
+		row_to_usage(st, 12, &row.usage);
 		r = fn(ud, &row);
 	}
 	if (r >= 0 && rc != SQLITE_DONE && rc != SQLITE_ROW)

@@ -262,6 +262,7 @@ struct store_attempt_row {
 	const char *runs_on;    /* the job's labels, joined with ',' */
 	const char *org;
 	enum job_state state;   /* how the attempt ended */
+	const char *message;    /* why it ended (NULL if nothing was said) */
 	bool final;             /* the job's last attempt, and the job has ended */
 	uint64_t leased_at, started_at, finished_at;
 	struct proto_usage usage;
