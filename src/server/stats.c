@@ -560,7 +560,7 @@ static json_t *groups_json(struct acc *a)
 	n = 0;
 	for (struct group *g = a->groups; g; g = g->next)
 		v[n++] = g;
-	qsort(v, n, sizeof(*v), cmp_group);
+	qsort(v, n, sizeof(*v), cmp_group); // NOLINT(bugprone-sizeof-expression): an array of pointers
 	json_t *arr = json_array();
 	for (size_t i = 0; i < n; i++) {
 		json_t *o =
