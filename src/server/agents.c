@@ -572,15 +572,7 @@ void h_agents_release(struct req *r)
 	}
 	touch(a);
 	if (json_is_true(json_object_get(r->json, "stop_leasing"))) {
-		for (struct req *w = s->waiters_head, *next; w; w = next) {
-			next = w->wnext;
-			if (w->wait_agent != a)
-				continue;
-			sched_unpark(s, w);
-			req_reply_response(w, MHD_HTTP_NO_CONTENT,
-					   MHD_create_response_from_buffer(0, NULL,
-									   MHD_RESPMEM_PERSISTENT));
-		}
+		sched_drop_agent_waiters(s, a);
 		/* Its parked heartbeats too: an agent that is going away would
 		 * otherwise leave them to be answered into closed connections. */
 		for (struct req *w = s->hb_head, *next; w; w = next) {

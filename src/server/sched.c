@@ -14,6 +14,7 @@
 
 #include <inttypes.h>
 #include <signal.h>
+#include <sys/socket.h>
 
 /* ---- mutations owned by nobody -------------------------------------------- */
 
@@ -611,10 +612,44 @@ void sched_unpark(struct server *s, struct req *r)
 	r->parked = false;
 }
 
+/*
+ * Is the client of a parked request gone? MHD does not watch a suspended
+ * connection, and a killed agent's kernel has closed its socket: granting a
+ * job into it would leave the job leased to nobody until the lease expires.
+ */
+static bool parked_peer_gone(struct req *r)
+{
+	if (!r->ci || r->ci->fd < 0)
+		return false;
+	char c;
+	ssize_t n = recv(r->ci->fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
+	return n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR);
+}
+
+static void drop_waiter(struct server *s, struct req *r)
+{
+	sched_unpark(s, r);
+	req_reply_response(r, MHD_HTTP_NO_CONTENT,
+			   MHD_create_response_from_buffer(0, NULL, MHD_RESPMEM_PERSISTENT));
+}
+
+void sched_drop_agent_waiters(struct server *s, struct sagent *a)
+{
+	for (struct req *r = s->waiters_head, *next; r; r = next) {
+		next = r->wnext;
+		if (r->wait_agent == a)
+			drop_waiter(s, r);
+	}
+}
+
 void sched_dispatch(struct server *s, struct sjob *j)
 {
 	for (struct req *r = s->waiters_head, *next; r; r = next) {
 		next = r->wnext;
+		if (parked_peer_gone(r)) {
+			drop_waiter(s, r);
+			continue;
+		}
 		struct sagent *a = r->wait_agent;
 		if (a->draining || !agent_has_labels(a, j->cls) ||
 		    !fits(&a->capacity, &a->used, &j->cls->needs))
@@ -636,6 +671,11 @@ void sched_kick_agent(struct server *s, struct sagent *a)
 	while (r) {
 		struct req *next = r->wnext;
 		if (r->wait_agent == a) {
+			if (parked_peer_gone(r)) {
+				drop_waiter(s, r);
+				r = next;
+				continue;
+			}
 			struct sjob *j = sched_pick(s, a);
 			if (!j)
 				return;
@@ -861,6 +901,10 @@ static void expire_lease(struct server *s, struct sjob *j)
 	_cleanup_free_ char *why = xasprintf("lease expired: agent '%s' did not renew it within %s",
 					     j->agent ? j->agent->name : "?", ttl);
 	obs_lease_expired(s);
+	/* An agent that let a lease expire is not answering: its parked lease
+	 * long-polls get no job (it asks again when it is back). */
+	if (j->agent)
+		sched_drop_agent_waiters(s, j->agent);
 	sched_release(s, j, why, true, false);
 }
 

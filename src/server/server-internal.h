@@ -331,6 +331,8 @@ bool sched_revoked_take(struct sagent *a, int64_t job_id, int64_t fence, const c
 void sched_agent_to_proto(struct server *s, struct sagent *a, struct proto_agent *ret);
 /* Parks a lease request (or, with r->hb_waiter, a heartbeat) until wait_ms. */
 void sched_park(struct server *s, struct req *r, struct sagent *a, uint64_t wait_ms);
+/* Answers a's parked lease long-polls 204 (it takes no job through them). */
+void sched_drop_agent_waiters(struct server *s, struct sagent *a);
 void sched_unpark(struct server *s, struct req *r);
 void sched_tick(struct server *s, uint64_t now_ns);
 void *sched_timer_main(void *p);

@@ -269,5 +269,55 @@ class ReleaseTest(Case):
         self.assertEqual(status, 404)
 
 
+class ParkedLeaseTest(Case):
+    """A parked lease long-poll nobody will read gets no job: its client
+    closed the connection (a killed agent), or its agent let a lease expire
+    (a frozen or cut-off agent)."""
+    server_args = ("--lease-ttl", "1s")
+
+    def test_closed_connection_gets_no_job(self):
+        import socket
+        a = self.agent()
+        body = b'{"wait_ms": 20000}'
+        sock = socket.create_connection(("127.0.0.1", self.server.port))
+        sock.sendall(b"POST /v1/agents/%d/lease HTTP/1.1\r\nHost: x\r\n"
+                     b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                     % (a.id, len(body), body))
+        time.sleep(0.3)  # parked
+        sock.close()     # the agent dies
+        time.sleep(0.1)
+        jid = self.submit()
+        time.sleep(0.3)
+        self.assertEqual(self.job(jid)["state"], "queued")
+        lease = a.lease()
+        self.assertEqual((lease["job"]["id"], lease["attempt"]), (jid, 1))
+
+    def test_agent_whose_lease_expired_gets_no_job_from_its_parked_poll(self):
+        a = self.agent()
+        jid = self.submit(retries=1)
+        l1 = a.lease()
+        self.assertEqual(l1["job"]["id"], jid)
+        client = self.server.client()
+        self.addCleanup(client.close)
+        out = {}
+
+        def poll():
+            out["status"] = client.call("POST", f"/v1/agents/{a.id}/lease",
+                                        {"wait_ms": 20000})[0]
+        t = threading.Thread(target=poll)
+        t.start()
+        self.addCleanup(t.join, 60)
+        # No heartbeat: the lease expires (1 s) and the job is queued again;
+        # the agent's parked poll is answered without it.
+        t.join(30)
+        self.assertEqual(out.get("status"), 204)
+        # (the requeue is committed a moment after the in-memory decision)
+        j = wait_for(lambda: (lambda j: j if j["state"] == "queued" else None)(self.job(jid)),
+                     what="the job queued again")
+        self.assertEqual(j["attempt"], 1)
+        b = self.agent("b")
+        self.assertEqual(b.lease()["attempt"], 2)
+
+
 if __name__ == "__main__":
     kilntest.main()
