@@ -105,12 +105,14 @@ void h_readyz(struct req *r)
 		agents++;
 	pthread_mutex_unlock(&s->lock);
 	req_reply_json(r, MHD_HTTP_OK,
-		       json_pack("{s:s,s:s,s:I,s:I,s:I,s:I,s:I,s:f}", "status", "ready", "store",
-				 store_backend(s->store), "jobs_in_memory", (json_int_t)jobs,
+		       json_pack("{s:s,s:s,s:I,s:I,s:I,s:I,s:I,s:f,s:I,s:I}", "status", "ready",
+				 "store", store_backend(s->store), "jobs_in_memory", (json_int_t)jobs,
 				 "agents", (json_int_t)agents, "commits", (json_int_t)st.batches,
 				 "mutations", (json_int_t)st.mutations, "max_batch",
 				 (json_int_t)st.max_batch, "commit_ms_mean",
-				 st.batches ? (double)st.commit_ns / 1e6 / (double)st.batches : 0.0));
+				 st.batches ? (double)st.commit_ns / 1e6 / (double)st.batches : 0.0,
+				 "wal_frames", (json_int_t)st.wal_frames, "wal_checkpointed",
+				 (json_int_t)st.wal_checkpointed));
 }
 
 /* ---- lifecycle ------------------------------------------------------------ */

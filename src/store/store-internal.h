@@ -31,6 +31,8 @@ struct store_ops {
 	int (*artifact_get)(struct store *s, int64_t job_id, const char *path,
 			    struct proto_artifact *ret);
 	int (*blob_referenced)(struct store *s, const char *sha256);
+	/* Optional: backend figures for store_get_stats (wal_*). */
+	void (*stats)(struct store *s, struct store_stats *st);
 	int (*usage)(struct store *s, const struct store_window *w, struct store_usage_row **ret,
 		     size_t *ret_n);
 	int (*attempts_scan)(struct store *s, const struct store_window *w,

@@ -222,7 +222,8 @@ struct sqlite_store {
 	pthread_mutex_t ckpt_lock;
 	pthread_cond_t ckpt_cond;
 	bool ckpt_running, ckpt_wanted;
-	int wal_frames;
+	int wal_frames;     /* as the last commit left it */
+	int ckpt_log, ckpt_done; /* the last checkpoint: frames in the WAL, copied */
 	struct conn readers[N_READERS];
 	struct conn *free_readers;
 	pthread_mutex_t rlock;
@@ -1222,9 +1223,11 @@ static int wal_hook(void *ud, sqlite3 *db, const char *name, int frames)
 	(void)db;
 	(void)name;
 	struct sqlite_store *q = ud;
+	pthread_mutex_lock(&q->ckpt_lock);
+	q->wal_frames = frames;
+	pthread_mutex_unlock(&q->ckpt_lock);
 	if (frames >= CKPT_FRAMES) {
 		pthread_mutex_lock(&q->ckpt_lock);
-		q->wal_frames = frames;
 		if (!q->ckpt_wanted) {
 			q->ckpt_wanted = true;
 			pthread_cond_signal(&q->ckpt_cond);
@@ -1259,6 +1262,10 @@ static void *ckpt_main(void *p)
 		if (rc != SQLITE_OK && rc != SQLITE_BUSY)
 			log_warn("sqlite checkpoint failed error=\"%s\"", sqlite3_errmsg(q->ckpt.db));
 		pthread_mutex_lock(&q->ckpt_lock);
+		if (rc == SQLITE_OK) {
+			q->ckpt_log = log;
+			q->ckpt_done = done;
+		}
 	}
 	pthread_mutex_unlock(&q->ckpt_lock);
 	return NULL;
@@ -1288,6 +1295,18 @@ static void sq_close(struct store *s)
 	free(q);
 }
 
+static void sq_stats(struct store *s, struct store_stats *st)
+{
+	struct sqlite_store *q = to_sq(s);
+	pthread_mutex_lock(&q->ckpt_lock);
+	st->wal_frames = (uint64_t)q->wal_frames;
+	/* A checkpoint covers the WAL as it was; frames past it are pending. */
+	st->wal_checkpointed = q->ckpt_log <= q->wal_frames ? (uint64_t)q->ckpt_done : 0;
+	if (st->wal_checkpointed > st->wal_frames)
+		st->wal_checkpointed = st->wal_frames;
+	pthread_mutex_unlock(&q->ckpt_lock);
+}
+
 static const struct store_ops sqlite_ops = {
 	.name = "sqlite",
 	.close = sq_close,
@@ -1301,6 +1320,7 @@ static const struct store_ops sqlite_ops = {
 	.artifact_list = sq_artifact_list,
 	.artifact_get = sq_artifact_get,
 	.blob_referenced = sq_blob_referenced,
+	.stats = sq_stats,
 	.usage = sq_usage,
 	.attempts_scan = sq_attempts_scan,
 };

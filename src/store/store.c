@@ -193,6 +193,8 @@ void store_get_stats(struct store *s, struct store_stats *ret)
 	pthread_mutex_lock(&s->lock);
 	*ret = s->stats;
 	pthread_mutex_unlock(&s->lock);
+	if (s->ops->stats)
+		s->ops->stats(s, ret);
 }
 
 int store_load(struct store *s, void (*on_job)(void *ud, const struct proto_job *j),

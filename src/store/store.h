@@ -183,6 +183,9 @@ struct store_stats {
 	uint64_t mutations; /* mutations applied */
 	uint64_t max_batch; /* largest batch */
 	uint64_t commit_ns; /* time spent in commit (fsync) */
+	/* Write-ahead log (SQLite): frames written since it last restarted, and
+	 * how many of them are copied into the database (checkpointed). */
+	uint64_t wal_frames, wal_checkpointed;
 };
 void store_get_stats(struct store *s, struct store_stats *ret);
 
