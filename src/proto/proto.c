@@ -342,6 +342,7 @@ void proto_job_release(struct proto_job *j)
 	free(j->runs_on);
 	free(j->message);
 	free(j->reason);
+	free(j->org);
 	json_decref(j->spec);
 	for (size_t i = 0; i < j->n_attempts; i++)
 		attempt_release(&j->attempts[i]);
@@ -394,6 +395,8 @@ json_t *proto_job_to_json(const struct proto_job *j, unsigned flags)
 			    j->has_exit_code ? json_integer(j->exit_code) : json_null());
 	json_object_set_new(o, "message", j->message ? json_string(j->message) : json_null());
 	json_object_set_new(o, "retry_of", j->retry_of ? json_integer(j->retry_of) : json_null());
+	if (j->org)
+		json_object_set_new(o, "org", json_string(j->org));
 	json_object_set_new(o, "schedulable", json_boolean(!j->unschedulable));
 	json_object_set_new(o, "reason", j->reason ? json_string(j->reason) : json_null());
 	if ((flags & PROTO_JOB_SPEC) && j->spec)
@@ -415,6 +418,7 @@ void proto_agent_release(struct proto_agent *a)
 	if (!a)
 		return;
 	free(a->name);
+	free(a->org);
 	proto_strv_free(a->labels, a->n_labels);
 	free(a->job_ids);
 	memset(a, 0, sizeof(*a));
@@ -435,6 +439,7 @@ json_t *proto_agent_to_json(const struct proto_agent *a)
 			      a->online, "jobs", jobs);
 	proto_set_time(o, "registered_at", a->registered_at);
 	proto_set_time(o, "last_seen_at", a->last_seen_at);
+	json_object_set_new(o, "pool", json_string(a->org ? a->org : a->org_id ? "?" : "shared"));
 	return o;
 }
 

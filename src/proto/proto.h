@@ -126,6 +126,8 @@ struct proto_job {
 	int exit_code;
 	char *message;    /* why it ended (or why it is waiting) */
 	int64_t retry_of; /* the job this one retries; 0 = none */
+	int64_t org_id;   /* the org that owns it */
+	char *org;        /* its name, when the server filled it in (JSON "org") */
 	json_t *spec;     /* normalised spec (owned reference); NULL when not loaded */
 	struct proto_attempt *attempts;
 	size_t n_attempts;
@@ -156,6 +158,8 @@ struct proto_agent {
 	struct proto_capacity used; /* by its current leases */
 	bool draining;
 	bool online; /* heard from within the offline threshold */
+	int64_t org_id; /* the org whose private pool it serves; 0 = the shared pool */
+	char *org;      /* its name, when the server filled it in (JSON "pool") */
 	uint64_t registered_at, last_seen_at;
 	int64_t *job_ids; /* jobs it holds leases for */
 	size_t n_jobs;
@@ -203,3 +207,75 @@ char *proto_labels_join(char *const *labels, size_t n);
 /* Splits "a,b" (NULL or "" = none) into a NULL-terminated array; caller frees each and the array. */
 char **proto_labels_split(const char *s, size_t *ret_n);
 void proto_strv_free(char **v, size_t n);
+
+/* ---- tenancy: orgs, roles, tokens, audit ----------------------------------- */
+
+/*
+ * Roles (docs/decisions: auth model). admin is server-wide; owner, member and
+ * viewer act inside their org, each able to do what the next can; agent
+ * registers and leases for its org's pool (or the shared pool); metrics only
+ * scrapes. Stored as these numbers: never renumber.
+ */
+enum proto_role {
+	ROLE_NONE = 0,
+	ROLE_ADMIN = 1,
+	ROLE_OWNER = 2,
+	ROLE_MEMBER = 3,
+	ROLE_VIEWER = 4,
+	ROLE_AGENT = 5,
+	ROLE_METRICS = 6,
+	ROLE_MAX,
+};
+
+const char *proto_role_to_string(enum proto_role r);
+/* -EINVAL for an unknown name. */
+int proto_role_from_string(const char *s, enum proto_role *ret);
+
+/* Org names: 1..63 of [a-z0-9-], starting with a letter or digit. */
+bool proto_org_name_valid(const char *s);
+
+struct proto_org {
+	int64_t id;
+	char *name;
+	uint64_t created_at;
+	int64_t max_running; /* 0 = the server's default */
+};
+
+void proto_org_release(struct proto_org *o);
+void proto_orgs_free(struct proto_org *v, size_t n);
+json_t *proto_org_to_json(const struct proto_org *o);
+
+struct proto_token {
+	int64_t id;
+	char hash[65]; /* SHA-256 hex of the token; never leaves the server */
+	enum proto_role role;
+	int64_t org_id; /* 0 = none (a shared-pool agent token) */
+	char *org;      /* name, when filled in */
+	char *name;     /* what it is for ("ci-bot") */
+	int64_t created_by; /* token id; 0 = the server itself (bootstrap) */
+	uint64_t created_at, expires_at, revoked_at, last_used_at; /* 0 = never */
+};
+
+void proto_token_release(struct proto_token *t);
+void proto_tokens_free(struct proto_token *v, size_t n);
+/* Everything but the hash. */
+json_t *proto_token_to_json(const struct proto_token *t);
+
+/* One audit record (append-only; hash chains every record to the one before). */
+struct proto_audit {
+	int64_t seq;
+	uint64_t at;
+	int64_t org_id;
+	int64_t token_id;
+	char *actor;  /* "token 3 (ci-bot)", "job 12", "github" */
+	char *action; /* route name: "jobs.submit", "secrets.set" */
+	char *target; /* "job 12", "secret NPM_TOKEN", "" */
+	char *result; /* "ok", "denied", "not_found", "conflict", "rejected", "error" */
+	int status;   /* HTTP status answered */
+	char *source; /* client address */
+	char prev[65], hash[65];
+};
+
+void proto_audit_release(struct proto_audit *a);
+void proto_audits_free(struct proto_audit *v, size_t n);
+json_t *proto_audit_to_json(const struct proto_audit *a);

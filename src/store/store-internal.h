@@ -37,6 +37,21 @@ struct store_ops {
 		     size_t *ret_n);
 	int (*attempts_scan)(struct store *s, const struct store_window *w,
 			     int (*fn)(void *ud, const struct store_attempt_row *row), void *ud);
+	/* tenancy */
+	int (*orgs_list)(struct store *s, struct proto_org **ret, size_t *ret_n);
+	int (*tokens_list)(struct store *s, int64_t org_id, struct proto_token **ret, size_t *ret_n);
+	int (*token_find)(struct store *s, const char *hash, struct proto_token *ret);
+	int (*keys_list)(struct store *s, struct store_key **ret, size_t *ret_n);
+	int (*secrets_list)(struct store *s, int64_t org_id, bool with_values,
+			    struct store_secret **ret, size_t *ret_n);
+	int (*secret_get)(struct store *s, int64_t org_id, const char *name,
+			  struct store_secret *ret);
+	int (*secret_max_version)(struct store *s, int64_t *ret);
+	int (*audit_list)(struct store *s, const struct store_audit_filter *f,
+			  struct proto_audit **ret, size_t *ret_n);
+	int (*audit_verify)(struct store *s, int64_t *ret_n, int64_t *ret_bad_seq);
+	int (*webhook_seen)(struct store *s, int64_t org_id, const char *delivery,
+			    int64_t gh_job_id, int64_t run_attempt, const char *action);
 };
 
 struct store {

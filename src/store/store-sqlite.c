@@ -14,10 +14,9 @@
  *  - every agent write is an UPDATE conditional on (fence, state), so a stale
  *    fence changes nothing.
  */
-#include "store-internal.h"
+#include "store-sqlite.h"
 
 #include <signal.h>
-#include <sqlite3.h>
 
 #define N_READERS 4
 /*
@@ -45,9 +44,12 @@ static const struct migration migrations[] = {
 	    "ALTER TABLE attempts ADD COLUMN oom_kills INTEGER NOT NULL DEFAULT 0;"
 	    "ALTER TABLE attempts ADD COLUMN executor TEXT;"
 	    "CREATE INDEX IF NOT EXISTS attempts_by_finished ON attempts (finished_at);"},
+	/* 3: tenancy: orgs, tokens, keys, secrets, audit, webhook deliveries
+	 * (store-sqlite-tenancy.c). */
+	{3, NULL},
 };
 
-#define SCHEMA_VERSION 2
+#define SCHEMA_VERSION 3
 
 enum {
 	ST_BEGIN,
@@ -88,7 +90,7 @@ enum {
 #define JOB_COLS                                                                             \
 	"id, name, state, priority, attempt, max_attempts, fence, agent_id, runs_on, need_cpus, " \
 	"need_memory, need_gpus, timeout_ms, submitted_at, leased_at, started_at, finished_at, "   \
-	"exit_code, message, retry_of"
+	"exit_code, message, retry_of, org_id"
 
 static const char *const stmt_sql[ST_MAX] = {
 	[ST_BEGIN] = "BEGIN IMMEDIATE",
@@ -96,7 +98,8 @@ static const char *const stmt_sql[ST_MAX] = {
 	[ST_ROLLBACK] = "ROLLBACK",
 	[ST_JOB_INSERT] = "INSERT INTO jobs (id, name, state, priority, max_attempts, runs_on, "
 			  "need_cpus, need_memory, need_gpus, timeout_ms, submitted_at, retry_of, "
-			  "spec) VALUES (?1, ?2, 0, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+			  "spec, org_id) VALUES (?1, ?2, 0, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, "
+			  "?13)",
 	[ST_JOB_LEASE] = "UPDATE jobs SET state = 1, attempt = ?2, fence = ?3, agent_id = ?4, "
 			 "leased_at = ?5, started_at = 0, message = NULL "
 			 "WHERE id = ?1 AND state = 0 AND attempt = ?2 - 1 RETURNING spec",
@@ -116,10 +119,10 @@ static const char *const stmt_sql[ST_MAX] = {
 			   "max_attempts = max_attempts + ?4 "
 			   "WHERE id = ?1 AND fence = ?2 AND state IN (1, 2)",
 	[ST_AGENT_PUT] = "INSERT INTO agents (id, name, labels, slots, cpus, memory, gpus, "
-			 "registered_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) "
+			 "registered_at, org_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) "
 			 "ON CONFLICT (id) DO UPDATE SET name = excluded.name, labels = "
 			 "excluded.labels, slots = excluded.slots, cpus = excluded.cpus, memory = "
-			 "excluded.memory, gpus = excluded.gpus",
+			 "excluded.memory, gpus = excluded.gpus, org_id = excluded.org_id",
 	[ST_AGENT_DRAIN] = "UPDATE agents SET draining = ?2 WHERE id = ?1",
 	[ST_ARTIFACT_PUT] = "INSERT OR REPLACE INTO artifacts (job_id, path, attempt, sha256, "
 			    "size, created_at) SELECT ?1, ?3, ?4, ?5, ?6, ?7 WHERE EXISTS "
@@ -226,13 +229,14 @@ struct sqlite_store {
 	int ckpt_log, ckpt_done; /* the last checkpoint: frames in the WAL, copied */
 	struct conn readers[N_READERS];
 	struct conn *free_readers;
+	struct sq_tenancy *tenancy;
 	pthread_mutex_t rlock;
 	pthread_cond_t rcond;
 };
 
 static struct sqlite_store *to_sq(struct store *s) { return (struct sqlite_store *)s; }
 
-static int sq_errno(int rc)
+int sq_errno(int rc)
 {
 	switch (rc & 0xff) {
 	case SQLITE_OK:
@@ -380,7 +384,9 @@ static int create_schema(struct conn *c, const char *path, struct kiln_err *err)
 		for (size_t i = 0; rc == SQLITE_OK && i < ARRAY_SIZE(migrations); i++) {
 			if (migrations[i].version <= version)
 				continue;
-			rc = sqlite3_exec(c->db, migrations[i].sql, NULL, NULL, &msg);
+			const char *sql = migrations[i].sql ? migrations[i].sql
+							    : sq_tenancy_migration(migrations[i].version);
+			rc = sqlite3_exec(c->db, sql, NULL, NULL, &msg);
 			if (rc != SQLITE_OK)
 				break;
 			_cleanup_free_ char *set = xasprintf(
@@ -443,6 +449,7 @@ static int apply_insert(struct conn *c, struct store_mut *m)
 		sqlite3_bind_int64(st, 10, (sqlite3_int64)j->submitted_at);
 		sqlite3_bind_int64(st, 11, j->retry_of);
 		bind_text(st, 12, j->spec_json);
+		sqlite3_bind_int64(st, 13, j->org_id > 0 ? j->org_id : 1);
 		int r = exec_stmt(st);
 		if (r < 0)
 			return r;
@@ -592,6 +599,7 @@ static int apply_agent(struct conn *c, struct store_mut *m)
 	sqlite3_bind_int64(st, 6, (sqlite3_int64)m->agent.capacity.memory);
 	sqlite3_bind_int64(st, 7, m->agent.capacity.gpus);
 	sqlite3_bind_int64(st, 8, (sqlite3_int64)m->agent.now);
+	sqlite3_bind_int64(st, 9, m->agent.org_id);
 	return exec_stmt(st);
 }
 
@@ -665,7 +673,7 @@ static int sq_apply(struct store *s, struct store_mut *m)
 {
 	struct conn *c = &to_sq(s)->writer;
 	if (m->kind == STORE_BARRIER)
-		return 0;
+		return m->audit ? sq_tenancy_audit(to_sq(s)->tenancy, c->db, m, 0) : 0;
 	if (m->kind == STORE_FENCE_RESERVE) {
 		sqlite3_stmt *st = stmt(c, ST_FENCE_RESERVE);
 		sqlite3_bind_int64(st, 1, m->fence_reserve.upto);
@@ -688,7 +696,23 @@ static int sq_apply(struct store *s, struct store_mut *m)
 	case STORE_AGENT_DRAIN: r = apply_drain(c, m); break;
 	case STORE_ARTIFACT_PUT: r = apply_artifact(c, m); break;
 	case STORE_ATTEMPT_USAGE: r = apply_usage(c, m); break;
-	default: r = -EINVAL; break;
+	case STORE_WEBHOOK_DELIVERY:
+		/* Its conditions (delivery id, event key) are checked first. */
+		r = sq_tenancy_apply(to_sq(s)->tenancy, c->db, m);
+		if (r >= 0 && m->webhook.job) {
+			struct store_mut im = {.kind = STORE_JOBS_INSERT,
+					       .insert = {m->webhook.job, 1}};
+			r = apply_insert(c, &im);
+		}
+		break;
+	default: r = sq_tenancy_apply(to_sq(s)->tenancy, c->db, m); break;
+	}
+	/* The call's audit record, with its outcome: a refused mutation is
+	 * recorded too. */
+	if (m->audit && (r >= 0 || r == -ESTALE || r == -ENOENT || r == -EEXIST)) {
+		int r2 = sq_tenancy_audit(to_sq(s)->tenancy, c->db, m, r);
+		if (r2 < 0)
+			return r2;
 	}
 	return r;
 }
@@ -748,6 +772,7 @@ static void row_to_job(sqlite3_stmt *st, struct proto_job *j)
 	}
 	j->message = col_strdup(st, 18);
 	j->retry_of = sqlite3_column_int64(st, 19);
+	j->org_id = sqlite3_column_int64(st, 20);
 }
 
 /* Reads USAGE_COLS starting at column `first`. */
@@ -871,6 +896,8 @@ static int sq_job_list(struct store *s, const struct store_job_filter *f, struct
 		buf_puts(&sql, " AND name = ?2");
 	if (f->before_id > 0)
 		buf_puts(&sql, " AND id < ?3");
+	if (f->org_id > 0)
+		buf_puts(&sql, " AND org_id = ?5");
 	buf_puts(&sql, " ORDER BY id DESC LIMIT ?4");
 
 	struct sqlite_store *q = to_sq(s);
@@ -889,6 +916,8 @@ static int sq_job_list(struct store *s, const struct store_job_filter *f, struct
 	if (f->before_id > 0)
 		sqlite3_bind_int64(st, 3, f->before_id);
 	sqlite3_bind_int64(st, 4, (sqlite3_int64)(f->limit ? f->limit : 100));
+	if (f->org_id > 0)
+		sqlite3_bind_int64(st, 5, f->org_id);
 	struct proto_job *v = NULL;
 	size_t n = 0, cap = 0;
 	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
@@ -1032,7 +1061,7 @@ static int sq_load(struct store *s, void (*on_job)(void *, const struct proto_jo
 	if (r >= 0)
 		r = sq_errno(sqlite3_prepare_v2(c->db,
 						"SELECT id, name, labels, slots, cpus, memory, gpus, "
-						"draining, registered_at FROM agents ORDER BY id",
+						"draining, registered_at, org_id FROM agents ORDER BY id",
 						-1, &st, NULL));
 	int rc = SQLITE_DONE;
 	while (r >= 0 && (rc = sqlite3_step(st)) == SQLITE_ROW) {
@@ -1046,6 +1075,7 @@ static int sq_load(struct store *s, void (*on_job)(void *, const struct proto_jo
 		a.capacity.gpus = sqlite3_column_int64(st, 6);
 		a.draining = sqlite3_column_int(st, 7) != 0;
 		a.registered_at = (uint64_t)sqlite3_column_int64(st, 8);
+		a.org_id = sqlite3_column_int64(st, 9);
 		on_agent(ud, &a);
 		proto_agent_release(&a);
 		info.n_agents++;
@@ -1080,11 +1110,8 @@ static int sq_load(struct store *s, void (*on_job)(void *, const struct proto_jo
 
 /* ---- accounting and reports ----------------------------------------------- */
 
-/*
- * The org a job belongs to, as an SQL expression over `j` (jobs). Every
- * job is in the default org until organisations exist.
- */
-#define ORG_OF_JOB "'default'"
+/* The name of the org a job belongs to, as an SQL expression over `j` (jobs). */
+#define ORG_OF_JOB "coalesce((SELECT o.name FROM orgs o WHERE o.id = j.org_id), '?')"
 
 /* WHERE clause of a window over attempts `a`: ?1 since, ?2 until (0 = none), ?3 org. */
 static void window_sql(struct buf *sql, const struct store_window *w)
@@ -1289,6 +1316,7 @@ static void sq_close(struct store *s)
 	for (int i = 0; i < N_READERS; i++)
 		conn_close(&q->readers[i]);
 	conn_close(&q->writer);
+	sq_tenancy_close(q->tenancy);
 	pthread_mutex_destroy(&q->rlock);
 	pthread_cond_destroy(&q->rcond);
 	free(q->path);
@@ -1323,7 +1351,29 @@ static const struct store_ops sqlite_ops = {
 	.stats = sq_stats,
 	.usage = sq_usage,
 	.attempts_scan = sq_attempts_scan,
+	.orgs_list = sq_orgs_list,
+	.tokens_list = sq_tokens_list,
+	.token_find = sq_token_find,
+	.keys_list = sq_keys_list,
+	.secrets_list = sq_secrets_list,
+	.secret_get = sq_secret_get,
+	.secret_max_version = sq_secret_max_version,
+	.audit_list = sq_audit_list,
+	.audit_verify = sq_audit_verify,
+	.webhook_seen = sq_webhook_seen,
 };
+
+sqlite3 *sq_reader_get(struct store *s) { return reader_get(to_sq(s))->db; }
+
+void sq_reader_put(struct store *s, sqlite3 *db)
+{
+	struct sqlite_store *q = to_sq(s);
+	for (int i = 0; i < N_READERS; i++)
+		if (q->readers[i].db == db) {
+			reader_put(q, &q->readers[i]);
+			return;
+		}
+}
 
 int store_sqlite_open(const char *path, const struct store_options *o, struct store **ret,
 		      struct kiln_err *err)
@@ -1340,6 +1390,8 @@ int store_sqlite_open(const char *path, const struct store_options *o, struct st
 	int r = conn_open(&q->writer, path, true, o->durable, err);
 	if (r >= 0)
 		r = create_schema(&q->writer, path, err);
+	if (r >= 0)
+		r = sq_tenancy_open(q->writer.db, &q->tenancy, err);
 	for (int i = 0; r >= 0 && i < N_READERS; i++) {
 		r = conn_open(&q->readers[i], path, false, o->durable, err);
 		q->readers[i].next_free = q->free_readers;

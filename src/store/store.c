@@ -54,7 +54,7 @@ static void *writer_main(void *p)
 		for (struct store_mut *m = batch; m; m = m->next, n++) {
 			last_seq = m->seq;
 			r = s->ops->apply(s, m);
-			if (r < 0 && r != -ESTALE && r != -ENOENT)
+			if (r < 0 && r != -ESTALE && r != -ENOENT && r != -EEXIST)
 				store_fatal(r, "apply");
 			m->result = r;
 		}
@@ -256,4 +256,57 @@ int store_attempts_scan(struct store *s, const struct store_window *w,
 			int (*fn)(void *ud, const struct store_attempt_row *row), void *ud)
 {
 	return s->ops->attempts_scan(s, w, fn, ud);
+}
+
+int store_orgs_list(struct store *s, struct proto_org **ret, size_t *ret_n)
+{
+	return s->ops->orgs_list(s, ret, ret_n);
+}
+
+int store_tokens_list(struct store *s, int64_t org_id, struct proto_token **ret, size_t *ret_n)
+{
+	return s->ops->tokens_list(s, org_id, ret, ret_n);
+}
+
+int store_token_find(struct store *s, const char *hash, struct proto_token *ret)
+{
+	return s->ops->token_find(s, hash, ret);
+}
+
+int store_keys_list(struct store *s, struct store_key **ret, size_t *ret_n)
+{
+	return s->ops->keys_list(s, ret, ret_n);
+}
+
+int store_secrets_list(struct store *s, int64_t org_id, bool with_values,
+		       struct store_secret **ret, size_t *ret_n)
+{
+	return s->ops->secrets_list(s, org_id, with_values, ret, ret_n);
+}
+
+int store_secret_get(struct store *s, int64_t org_id, const char *name, struct store_secret *ret)
+{
+	return s->ops->secret_get(s, org_id, name, ret);
+}
+
+int store_secret_max_version(struct store *s, int64_t *ret)
+{
+	return s->ops->secret_max_version(s, ret);
+}
+
+int store_audit_list(struct store *s, const struct store_audit_filter *f,
+		     struct proto_audit **ret, size_t *ret_n)
+{
+	return s->ops->audit_list(s, f, ret, ret_n);
+}
+
+int store_audit_verify(struct store *s, int64_t *ret_n, int64_t *ret_bad_seq)
+{
+	return s->ops->audit_verify(s, ret_n, ret_bad_seq);
+}
+
+int store_webhook_seen(struct store *s, int64_t org_id, const char *delivery,
+		       int64_t gh_job_id, int64_t run_attempt, const char *action)
+{
+	return s->ops->webhook_seen(s, org_id, delivery, gh_job_id, run_attempt, action);
 }

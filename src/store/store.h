@@ -66,6 +66,7 @@ struct store_job_new {
 	const char *spec_json;
 	uint64_t submitted_at;
 	int64_t retry_of;
+	int64_t org_id; /* 0: the default org (1) */
 };
 
 enum store_mut_kind {
@@ -80,6 +81,49 @@ enum store_mut_kind {
 	STORE_BARRIER,      /* nothing: done runs after everything queued before it */
 	STORE_FENCE_RESERVE, /* record that fences up to `fence_upto` may be handed out */
 	STORE_ATTEMPT_USAGE, /* record the agent's usage report of an attempt (fence) once */
+	/* tenancy (store-sqlite-tenancy.c) */
+	STORE_ORG_CREATE,   /* org.name -> org.ret_id; -EEXIST: the name is taken */
+	STORE_TOKEN_CREATE, /* token.t -> token.ret_id; -EEXIST: hash already known */
+	STORE_TOKEN_REVOKE, /* token_revoke.id: -ENOENT unknown, 1 already revoked */
+	STORE_TOKEN_TOUCH,  /* token_touch: last_used_at (no-op if unknown) */
+	STORE_KEYS_PUT,     /* keys.v[0..n): wrapped data keys, all or none (-ESTALE) */
+	STORE_SECRET_PUT,   /* secret: insert or replace (org, name) */
+	STORE_SECRET_DELETE, /* secret: -ENOENT unknown */
+	STORE_AUDIT,        /* nothing but the attached audit record */
+	STORE_WEBHOOK_DELIVERY, /* webhook: -EEXIST replay (delivery or job key known) */
+	STORE_WEBHOOK_PRUNE, /* webhook_prune: forget delivery ids older than `before` */
+};
+
+/* A wrapped data key (org 0: the server's own key, for job tokens). */
+struct store_key {
+	int64_t org_id;
+	char key_id[17]; /* the master key's id (auth_key_id) */
+	/* KEYS_PUT: "" = insert only (-ESTALE if the org has one); else the
+	 * row must still be under this master key id (rotation). */
+	char expect_key_id[17];
+	void *wrapped; /* owned by whoever made the array */
+	size_t len;
+	uint64_t now;
+};
+
+/*
+ * An audit record attached to a mutation (store_mut.audit): written in the
+ * same transaction, after the mutation, with the mutation's result, and
+ * chained to the record before it (hash = SHA-256 over the previous hash and
+ * this record). If it cannot be written the store fails (fail-stop), so no
+ * mutation is acknowledged without its record.
+ */
+struct store_audit {
+	int64_t org_id;
+	int64_t token_id;
+	const char *actor;
+	const char *action;
+	const char *target;
+	const char *source;
+	int status; /* HTTP status if the mutation applied (or for STORE_AUDIT) */
+	uint64_t now;
+	/* out: the record's sequence number */
+	int64_t ret_seq;
 };
 
 struct store_mut {
@@ -124,6 +168,7 @@ struct store_mut {
 			const char *labels;
 			struct proto_capacity capacity;
 			uint64_t now;
+			int64_t org_id; /* its pool: 0 = shared */
 		} agent;
 		struct {
 			int64_t id;
@@ -152,12 +197,57 @@ struct store_mut {
 			int64_t ret_gpus;
 			uint64_t ret_queue_wait_ms;
 		} usage;
+		struct {
+			const char *name;
+			uint64_t now;
+			int64_t ret_id;
+		} org;
+		struct {
+			const struct proto_token *t; /* hash, role, org_id, name, times, created_by */
+			int64_t ret_id;
+		} token;
+		struct {
+			int64_t id;
+			uint64_t now;
+		} token_revoke;
+		struct {
+			int64_t id;
+			uint64_t at;
+		} token_touch;
+		struct {
+			const struct store_key *v;
+			size_t n;
+		} keys;
+		struct {
+			int64_t org_id;
+			const char *name;
+			int64_t version;
+			const void *sealed;
+			size_t len;
+			int64_t by; /* token id */
+			uint64_t now;
+		} secret;
+		struct {
+			const char *delivery; /* X-GitHub-Delivery */
+			int64_t org_id;
+			const char *event;  /* X-GitHub-Event */
+			const char *action; /* "" when not a workflow_job */
+			int64_t gh_job_id, run_attempt; /* 0 when not a workflow_job */
+			const char *outcome; /* what kiln did: "created", "recorded", ... */
+			const struct store_job_new *job; /* inserted with it, or NULL */
+			uint64_t now;
+		} webhook;
+		struct {
+			uint64_t before;
+		} webhook_prune;
 	};
+	/* Optional: the audit record of the call this mutation carries out. */
+	struct store_audit *audit;
 	/*
 	 * Out, set by the writer before `done`: 0 applied; 1 already applied
 	 * (a repeated START/FINISH with the same fence and outcome); -ESTALE
 	 * refused (fence or state did not match: nothing changed); -ENOENT no
-	 * such row.
+	 * such row; -EEXIST a unique name or key is taken (nothing changed).
 	 */
 	int result;
 	/* Called on the writer thread after the commit; may free `m`. */
@@ -219,6 +309,7 @@ struct store_job_filter {
 	unsigned states;   /* bitmask of 1 << JOB_*; 0 = all */
 	const char *label; /* jobs whose runs-on has this label (lower-case); NULL = any */
 	const char *name;  /* exact name; NULL = any */
+	int64_t org_id;    /* jobs of this org; 0 = any */
 	int64_t before_id; /* page cursor: ids below this; 0 = from the newest */
 	size_t limit;      /* 1..1000 */
 };
@@ -277,3 +368,52 @@ struct store_attempt_row {
  */
 int store_attempts_scan(struct store *s, const struct store_window *w,
 			int (*fn)(void *ud, const struct store_attempt_row *row), void *ud);
+/* ---- tenancy reads (store-sqlite-tenancy.c) -------------------------------- */
+
+int store_orgs_list(struct store *s, struct proto_org **ret, size_t *ret_n);
+/* Tokens of one org (org_id >= 0; 0 = the shared-pool agent tokens), or all (-1). */
+int store_tokens_list(struct store *s, int64_t org_id, struct proto_token **ret, size_t *ret_n);
+/* The token with this SHA-256 hex; -ENOENT if none. */
+int store_token_find(struct store *s, const char *hash, struct proto_token *ret);
+
+/* Every wrapped data key; the caller frees each .wrapped and the array. */
+int store_keys_list(struct store *s, struct store_key **ret, size_t *ret_n);
+void store_keys_free(struct store_key *v, size_t n);
+
+struct store_secret {
+	int64_t org_id;
+	char *name;
+	int64_t version;
+	uint64_t created_at, updated_at;
+	int64_t updated_by;
+	void *sealed; /* NULL unless asked for */
+	size_t len;
+};
+void store_secrets_free(struct store_secret *v, size_t n);
+/* The secrets of an org by name; values (sealed) only when with_values. */
+int store_secrets_list(struct store *s, int64_t org_id, bool with_values,
+		       struct store_secret **ret, size_t *ret_n);
+/* One secret with its sealed value; -ENOENT. */
+int store_secret_get(struct store *s, int64_t org_id, const char *name, struct store_secret *ret);
+/* The largest secret version ever stored (versions are never reused). */
+int store_secret_max_version(struct store *s, int64_t *ret);
+
+struct store_audit_filter {
+	int64_t org_id;     /* -1 = every org */
+	uint64_t since;     /* records at or after this time (ms); 0 = all */
+	int64_t after_seq;  /* records after this sequence number (paging) */
+	size_t limit;       /* 1..10000 */
+};
+/* Oldest first. */
+int store_audit_list(struct store *s, const struct store_audit_filter *f,
+		     struct proto_audit **ret, size_t *ret_n);
+/*
+ * Recomputes the hash chain over the whole audit log: 0 and *ret_n records
+ * when intact; -EBADMSG with *ret_bad_seq the first record that does not
+ * match (altered, or a gap before it).
+ */
+int store_audit_verify(struct store *s, int64_t *ret_n, int64_t *ret_bad_seq);
+
+/* Is this delivery id, or this (org, GitHub job, run attempt, action), known? 1/0. */
+int store_webhook_seen(struct store *s, int64_t org_id, const char *delivery,
+		       int64_t gh_job_id, int64_t run_attempt, const char *action);
