@@ -95,6 +95,19 @@ int token_parse(const char *s, enum token_kind *ret_kind, struct kiln_err *err)
 	return 0;
 }
 
+void token_job(const uint8_t key[32], int64_t job_id, int64_t fence, char out[TOKEN_LEN + 1])
+{
+	char msg[64];
+	int n = snprintf(msg, sizeof(msg), "kiln-job-v1|%lld|%lld", (long long)job_id,
+			 (long long)fence);
+	uint8_t mac[crypto_auth_hmacsha256_BYTES];
+	crypto_auth_hmacsha256(mac, (const uint8_t *)msg, (size_t)n, key);
+	memcpy(out, kind_prefix[TOKEN_JOB], PREFIX_LEN);
+	base62_encode(mac, sizeof(mac), out + PREFIX_LEN, BODY_LEN);
+	crc_chars(out, PREFIX_LEN + BODY_LEN, out + PREFIX_LEN + BODY_LEN);
+	out[TOKEN_LEN] = '\0';
+}
+
 static void hex(const uint8_t *in, size_t len, char *out)
 {
 	static const char digits[] = "0123456789abcdef";
@@ -291,6 +304,10 @@ int webhook_verify(const char *signature_header, const void *body, size_t len,
 	uint8_t given[crypto_auth_hmacsha256_BYTES];
 	size_t bin_len = 0;
 	const char *end = NULL;
+	/* GitHub sends lower-case hex; anything else is not its signature. */
+	for (const char *p = h; *p; p++)
+		if (!((*p >= '0' && *p <= '9') || (*p >= 'a' && *p <= 'f')))
+			return -EINVAL;
 	if (strlen(h) != 2 * sizeof(given) ||
 	    sodium_hex2bin(given, sizeof(given), h, strlen(h), NULL, &bin_len, &end) != 0 ||
 	    bin_len != sizeof(given))

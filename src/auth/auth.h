@@ -41,6 +41,14 @@ void token_generate(enum token_kind kind, char out[TOKEN_LEN + 1]);
  * with err saying what is wrong (never echoing the token itself).
  */
 int token_parse(const char *s, enum token_kind *ret_kind, struct kiln_err *err);
+/*
+ * A job-scoped token: kiln_job_ + the HMAC-SHA256 under `key` of (job, fence)
+ * in base62, + checksum. Deterministic, so the server keeps nothing per
+ * lease: it recomputes the token for the (job, fence) a write names and
+ * compares (auth_equal). A fence is never reused, so the pair also fixes
+ * the attempt.
+ */
+void token_job(const uint8_t key[32], int64_t job_id, int64_t fence, char out[TOKEN_LEN + 1]);
 /* SHA-256 of the token as lower-case hex: what the store keeps. */
 void token_hash(const char *token, char out[TOKEN_HASH_HEX]);
 const char *token_kind_prefix(enum token_kind kind);
