@@ -88,6 +88,8 @@ struct job {
 	struct spec_job *spec; /* NULL when the lease's spec did not load */
 	char *spec_error;      /* why not */
 	json_t *secrets;       /* {"NAME": "value"} from the lease, or NULL */
+	char *token;           /* the lease's job token: its writes (status, log, artifacts,
+				* complete) carry it; never given to the job */
 	char *dir;             /* <state>/jobs/<id>.<attempt> */
 	char *workspace;       /* dir/workspace */
 	char *scripts;         /* dir/scripts */

@@ -62,6 +62,8 @@ struct job *job_new(struct agent *a, json_t *lease, struct kiln_err *err)
 	json_t *secrets = json_object_get(lease, "secrets");
 	if (json_is_object(secrets))
 		j->secrets = json_incref(secrets);
+	const char *tok = json_string_value(json_object_get(lease, "token"));
+	j->token = tok ? xstrdup(tok) : NULL;
 	j->dir = xasprintf("%s/%" PRId64 ".%" PRId64, a->jobs_dir, id, attempt);
 	j->workspace = path_join(j->dir, "workspace");
 	j->scripts = path_join(j->dir, "scripts");
@@ -78,6 +80,9 @@ void job_free(struct job *j)
 		close(j->wake_fd);
 	spec_job_free(j->spec);
 	json_decref(j->secrets);
+	if (j->token)
+		explicit_bzero(j->token, strlen(j->token));
+	free(j->token);
 	free(j->spec_error);
 	free(j->stop_reason);
 	free(j->name);
@@ -199,7 +204,9 @@ static void *runner_main(void *p)
 {
 	struct job *j = p;
 	struct agent *a = j->agent;
-	struct http *h = http_new(a->base_url, a->token);
+	/* The job's writes go with the lease's own token (an older server
+	 * sends none: then the agent's). */
+	struct http *h = http_new(a->base_url, j->token ? j->token : a->token);
 	struct job_outcome out = {.state = JOB_FAILED};
 	uint64_t t0 = now_mono_ns();
 	struct kiln_err err = {0};
@@ -240,7 +247,10 @@ static void *runner_main(void *p)
 	int r = shipper_finish(j);
 	stop = job_stop_reason(j);
 	if (stop == STOP_RELEASE) {
-		agent_release_job(a, h, j, "the agent stopped before the job finished");
+		/* Releasing is the agent's own call: its token, not the job's. */
+		struct http *ah = http_new(a->base_url, a->token);
+		agent_release_job(a, ah, j, "the agent stopped before the job finished");
+		http_free(ah);
 	} else if (stop == STOP_NONE || stop == STOP_TIMEOUT) {
 		complete(j, h, &out);
 	} else if (stop == STOP_CANCELLED) {

@@ -242,7 +242,7 @@ static bool send_running(struct job *j, struct http *h)
 static void *shipper_main(void *p)
 {
 	struct job *j = p;
-	struct http *h = http_new(j->agent->base_url, j->agent->token);
+	struct http *h = http_new(j->agent->base_url, j->token ? j->token : j->agent->token);
 	size_t chunk_max = SHIP_CHUNK_MAX;
 	char *chunk = xmalloc(chunk_max);
 	unsigned failures = 0;
