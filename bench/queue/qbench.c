@@ -137,7 +137,11 @@ struct hc {
 	int fd;
 	char *buf;
 	size_t len, cap;
+	const char *token; /* Authorization: Bearer, or NULL (default: $KILN_TOKEN) */
 };
+
+/* The API token ($KILN_TOKEN: run.sh passes the server's admin token). */
+static const char *api_token;
 
 static void hc_connect(struct hc *c)
 {
@@ -175,12 +179,14 @@ static void hc_connect(struct hc *c)
 static int hc_call(struct hc *c, const char *method, const char *path, const char *body,
 		   char **ret_body, size_t *ret_len)
 {
-	char head[512];
+	char head[640];
 	size_t blen = body ? strlen(body) : 0;
+	const char *tok = c->token ? c->token : api_token;
 	int hl = snprintf(head, sizeof(head),
 			  "%s %s HTTP/1.1\r\nHost: kiln\r\nContent-Type: application/json\r\n"
-			  "Content-Length: %zu\r\n\r\n",
-			  method, path, blen);
+			  "%s%s%sContent-Length: %zu\r\n\r\n",
+			  method, path, tok ? "Authorization: Bearer " : "", tok ? tok : "",
+			  tok ? "\r\n" : "", blen);
 	for (int attempt = 0; attempt < 2; attempt++) {
 		char *b = (char *)(uintptr_t)body; /* writev does not write to it */
 		struct iovec iov[2] = {{head, (size_t)hl}, {b, blen}};
@@ -358,7 +364,18 @@ static void *consumer(void *arg)
 		snprintf(done, sizeof(done), "/v1/jobs/%ld/complete", id);
 		snprintf(req, sizeof(req), "{\"fence\":%ld,\"state\":\"succeeded\",\"exit_code\":0}",
 			 fence);
+		/* The completion goes with the lease's own job token, as an agent's. */
+		char jtok[80] = "";
+		const char *tp = strstr(body, "\"token\":\"");
+		if (tp) {
+			tp += 9;
+			size_t n = strcspn(tp, "\"");
+			if (n < sizeof(jtok))
+				memcpy(jtok, tp, n), jtok[n] = '\0';
+		}
+		c.token = jtok[0] ? jtok : NULL;
 		st = hc_call(&c, "POST", done, req, &body, &len);
+		c.token = NULL;
 		if (st != 200) {
 			fprintf(stderr, "complete: HTTP %d: %s\n", st, body);
 			atomic_fetch_add(&errors, 1);
@@ -473,6 +490,7 @@ int main(int argc, char **argv)
 		{"backlog-kind", 1, 0, 'k'}, {"server-pid", 1, 0, 's'}, {"label", 1, 0, 'l'},
 		{"settle-secs", 1, 0, 'S'}, {0, 0, 0, 0}};
 	int o;
+	api_token = getenv("KILN_TOKEN");
 	while ((o = getopt_long(argc, argv, "", opts, NULL)) != -1) {
 		switch (o) {
 		case 'a': {

@@ -71,6 +71,7 @@ one_run() { # mode backlog kind rep
 	for ((i = 0; i < 300; i++)); do [ -s "$dir/addr" ] && break; sleep 0.1; done
 	[ -s "$dir/addr" ] || { echo "kiln server did not start:"; cat "$dir/server.log"; exit 1; }
 	echo "--- kiln $mode backlog=$backlog ($kind) rep $rep/$REPS (addr $(cat "$dir/addr"), pid $SRV_PID), load $(cut -d' ' -f1 /proc/loadavg)"
+	KILN_TOKEN=$(cat "$dir/state/admin.token") \
 	timeout 1800 "$WORK/qbench" --addr "$(cat "$dir/addr")" --producers "$P" --consumers "$C" \
 		--window "$WINDOW" --tput-secs "$TPUT_SECS" --warmup-secs "$WARM_SECS" \
 		--lat-secs "$LAT_SECS" --lat-rate "$LAT_RATE" --backlog "$backlog" \

@@ -71,3 +71,9 @@ char *cli_default_state_dir(const char *sub);
 extern const char cmd_up_help[], cmd_run_help[];
 int cmd_up(int argc, char **argv);
 int cmd_run(int argc, char **argv);
+extern const char cmd_org_help[], cmd_token_help[], cmd_whoami_help[], cmd_admin_help[];
+int cmd_org(int argc, char **argv);
+int cmd_token(int argc, char **argv);
+int cmd_whoami(int argc, char **argv);
+int cmd_admin(int argc, char **argv);
+

@@ -564,11 +564,11 @@ static int run_embedded(struct run_opts *o, const char *name, const char *text)
 		rc = RUN_EXIT_KILN;
 	} else {
 		struct kiln_client *cl = NULL;
-		if (client_new(l.url, NULL, &cl, &err) < 0) {
+		if (client_new(l.url, l.token, &cl, &err) < 0) {
 			fprintf(stderr, "kiln run: %s\n", err.msg);
 			rc = RUN_EXIT_KILN;
 		} else {
-			rc = run_jobs(cl, NULL, name, text, true,
+			rc = run_jobs(cl, l.token, name, text, true,
 				      o->arts_dir ? o->arts_dir : "kiln-artifacts");
 			client_free(cl);
 		}

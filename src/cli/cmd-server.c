@@ -31,9 +31,18 @@ const char cmd_server_help[] =
 	"  --body-timeout DURATION    a JSON body must arrive within (default 30s)\n"
 	"  --idle-timeout DURATION    idle keep-alive connections are closed (default 60s)\n"
 	"  --threads N            HTTP threads (default 1)\n"
+	"  --master-key-file FILE the master key that wraps every org's data key (64 hex\n"
+	"                         or base64 of 32 bytes); else $KILN_MASTER_KEY, else\n"
+	"                         DIR/master.key, generated on first start (mode 0600)\n"
+	"  --max-running-per-org N  leased + running jobs per org (default: no cap)\n"
 	"  --unsafe-no-fsync      commit without fsync (synchronous=NORMAL): a machine\n"
 	"                         crash may lose acknowledged jobs; for benchmarks only\n"
 	"  --list-routes          print every route (METHOD PATH) and exit\n"
+	"\n"
+	"\n"
+	"Every endpoint but /healthz needs a token. On the first start of an empty\n"
+	"state directory the server writes an admin token to DIR/admin.token (mode\n"
+	"0600); 'kiln admin token' mints another; 'kiln token create' makes the rest.\n"
 	"\n"
 	"exit codes: 0 stopped by a signal, 1 could not start, 2 usage error.\n";
 
@@ -89,6 +98,8 @@ enum {
 	OPT_THREADS,
 	OPT_NO_FSYNC,
 	OPT_ROUTES,
+	OPT_MASTER_KEY,
+	OPT_MAX_RUNNING,
 };
 
 int cmd_server(int argc, char **argv)
@@ -112,6 +123,8 @@ int cmd_server(int argc, char **argv)
 		{"threads", required_argument, NULL, OPT_THREADS},
 		{"unsafe-no-fsync", no_argument, NULL, OPT_NO_FSYNC},
 		{"list-routes", no_argument, NULL, OPT_ROUTES},
+		{"master-key-file", required_argument, NULL, OPT_MASTER_KEY},
+		{"max-running-per-org", required_argument, NULL, OPT_MAX_RUNNING},
 		{0},
 	};
 	struct server_config cfg;
@@ -189,6 +202,14 @@ int cmd_server(int argc, char **argv)
 			break;
 		case OPT_NO_FSYNC: cfg.durable = false; break;
 		case OPT_ROUTES: server_print_routes(stdout); return EXIT_OK;
+		case OPT_MASTER_KEY: cfg.master_key_file = optarg; break;
+		case OPT_MAX_RUNNING: {
+			unsigned n = 0;
+			if ((r = uint_opt("--max-running-per-org", optarg, 0, 1000000, &n)))
+				return r;
+			cfg.max_running_per_org = n;
+			break;
+		}
 		default: return cli_usage_error("server", "unknown option");
 		}
 	}
@@ -197,6 +218,7 @@ int cmd_server(int argc, char **argv)
 	if (!state_dir)
 		state_dir = default_state_dir();
 	cfg.state_dir = state_dir;
+	cfg.master_key = getenv("KILN_MASTER_KEY");
 
 	/* Signals are taken synchronously by this thread; every other thread
 	 * inherits the mask. */
@@ -211,6 +233,8 @@ int cmd_server(int argc, char **argv)
 	struct server *s = NULL;
 	if (server_new(&cfg, &s, &err) < 0)
 		return cli_fail("server", "%s", err.msg);
+	/* The key must not stay in the environment of anything started later. */
+	unsetenv("KILN_MASTER_KEY");
 	if (server_start(s, &err) < 0) {
 		server_free(s);
 		return cli_fail("server", "%s", err.msg);

@@ -27,12 +27,18 @@ const char cmd_submit_help[] =
 
 /* ---- following a log ------------------------------------------------------ */
 
+struct log_out {
+	FILE *f;
+	uint64_t *offset; /* advanced by what was written */
+};
+
 static int write_out(const void *data, size_t len, void *ud)
 {
-	FILE *f = ud;
-	if (fwrite(data, 1, len, f) != len)
+	struct log_out *o = ud;
+	if (fwrite(data, 1, len, o->f) != len)
 		return -EIO;
-	fflush(f);
+	fflush(o->f);
+	*o->offset += len;
 	return 0;
 }
 
@@ -62,7 +68,8 @@ int cli_follow_log(struct kiln_client *c, int64_t id, int64_t attempt, uint64_t 
 		_cleanup_free_ char *path = xasprintf("/v1/jobs/%" PRId64 "/log?attempt=%" PRId64
 						      "&offset=%" PRIu64 "%s",
 						      id, attempt, offset, follow ? "&follow=1" : "");
-		r = client_stream(c, path, NULL, write_out, out, NULL, err);
+		struct log_out lo = {out, &offset};
+		r = client_stream(c, path, NULL, write_out, &lo, NULL, err);
 		if (r < 0)
 			return r;
 		if (!follow || ended)

@@ -16,8 +16,9 @@ const char cmd_up_help[] =
 	"\n"
 	"Runs a kiln server and an agent in one process: the one-machine setup. The\n"
 	"database, logs, artifacts and the agent's state live in the state directory.\n"
-	"Prints the server's address and writes it to the client config\n"
-	"($XDG_CONFIG_HOME/kiln/config), so kiln commands on this machine use it with\n"
+	"Prints the server's address and writes it, with the admin token of\n"
+	"DIR/admin.token, to the client config ($XDG_CONFIG_HOME/kiln/config, mode\n"
+	"0600), so kiln commands on this machine use it with\n"
 	"no flags; the previous config is put back when kiln up stops. SIGTERM or\n"
 	"SIGINT drains the agent (running jobs finish), then stops; a second signal\n"
 	"stops at once.\n"
@@ -60,8 +61,22 @@ struct config_swap {
 	struct buf written;
 };
 
-/* Writes "server = URL" into the config, keeping its other lines. */
-static int config_write(struct config_swap *cs, const char *url, struct kiln_err *err)
+/* Is this config line "KEY = ..."? */
+static bool is_key_line(const char *q, size_t len, const char *key)
+{
+	size_t k = strlen(key);
+	if (len < k || strncmp(q, key, k) != 0)
+		return false;
+	const char *after = q + k + strspn(q + k, " \t");
+	return *after == '=';
+}
+
+/*
+ * Writes "server = URL" and "token = TOKEN" into the config (mode 0600),
+ * keeping its other lines.
+ */
+static int config_write(struct config_swap *cs, const char *url, const char *token,
+			struct kiln_err *err)
 {
 	cs->path = client_config_path();
 	int r = read_file(cs->path, 1 << 20, &cs->before);
@@ -78,11 +93,10 @@ static int config_write(struct config_swap *cs, const char *url, struct kiln_err
 			const char *q = p;
 			while (*q == ' ' || *q == '\t')
 				q++;
-			const char *after = q + strspn(q, "abcdefghijklmnopqrstuvwxyz_");
-			after += strspn(after, " \t");
-			bool is_server = (size_t)(q - p) < len && strncmp(q, "server", 6) == 0 &&
-					 after == q + 6 + strspn(q + 6, " \t") && *after == '=';
-			if (!is_server) {
+			size_t rest = len - (size_t)(q - p);
+			bool ours = (size_t)(q - p) < len &&
+				    (is_key_line(q, rest, "server") || is_key_line(q, rest, "token"));
+			if (!ours) {
 				buf_append(w, p, len);
 				buf_putc(w, '\n');
 			}
@@ -93,6 +107,8 @@ static int config_write(struct config_swap *cs, const char *url, struct kiln_err
 	if (!header && !cs->existed)
 		buf_puts(w, "# written by kiln up; put back as it was when kiln up stops\n");
 	buf_printf(w, "server = %s\n", url);
+	if (token)
+		buf_printf(w, "token = %s\n", token);
 	_cleanup_free_ char *dir = xstrdup(cs->path);
 	char *slash = strrchr(dir, '/');
 	if (slash) {
@@ -265,7 +281,7 @@ int cmd_up(int argc, char **argv)
 	}
 	struct config_swap cs = {0};
 	int rc = EXIT_OK;
-	if (!o.no_config && config_write(&cs, l.url, &err) < 0) {
+	if (!o.no_config && config_write(&cs, l.url, l.token, &err) < 0) {
 		rc = cli_fail("up", "%s", err.msg);
 		goto stop;
 	}

@@ -22,6 +22,10 @@ const struct cli_command cli_commands[] = {
 	{"run", "run a job or a command and follow it (embedded if no server)", cmd_run_help, cmd_run},
 	{"sandbox", "run a command in a sandbox by hand (run, probe, cleanup)", cmd_sandbox_help,
 	 cmd_sandbox},
+	{"org", "create and list orgs (tenants)", cmd_org_help, cmd_org},
+	{"token", "create, list and revoke API tokens", cmd_token_help, cmd_token},
+	{"whoami", "show which token the client uses", cmd_whoami_help, cmd_whoami},
+	{"admin", "mint an admin token locally; rotate the master key", cmd_admin_help, cmd_admin},
 };
 const size_t cli_commands_count = ARRAY_SIZE(cli_commands);
 

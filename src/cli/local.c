@@ -30,6 +30,30 @@ static void *agent_main(void *p)
 	return NULL;
 }
 
+/*
+ * The admin token the server wrote to its state directory on its first
+ * start (STATE/admin.token), or a new one when that file is gone.
+ */
+static int admin_token(struct local *l, const char *state_dir, struct kiln_err *err)
+{
+	_cleanup_free_ char *path = path_join(state_dir, "admin.token");
+	struct buf b = BUF_INIT;
+	if (read_file(path, 4096, &b) >= 0) {
+		buf_puts(&b, "");
+		size_t n = b.len;
+		while (n && (b.data[n - 1] == '\n' || b.data[n - 1] == ' '))
+			b.data[--n] = '\0';
+		if (startswith(b.data, "kiln_pat_"))
+			l->token = xstrdup(b.data);
+		explicit_bzero(b.data, b.len);
+	}
+	buf_release(&b);
+	if (l->token)
+		return 0;
+	int r = server_admin_token(l->server, "kiln up", &l->token, err);
+	return r < 0 ? kiln_err_prefix(err, "server") : 0;
+}
+
 int local_start(struct local *l, const struct local_options *o, struct kiln_err *err)
 {
 	memset(l, 0, sizeof(*l));
@@ -49,7 +73,15 @@ int local_start(struct local *l, const struct local_options *o, struct kiln_err 
 		return r;
 	}
 	l->url = xasprintf("http://%s", server_address(l->server));
+	r = admin_token(l, o->state_dir, err);
+	if (r < 0) {
+		local_stop(l, false);
+		return r;
+	}
 	struct agent_config ac = o->agent;
+	/* The in-process agent has the server's whole power anyway: it uses
+	 * the admin token (registering in the shared pool). */
+	ac.token = l->token;
 	_cleanup_free_ char *agent_dir = path_join(o->state_dir, "agent");
 	ac.server = l->url;
 	ac.state_dir = agent_dir;
@@ -98,6 +130,10 @@ void local_stop(struct local *l, bool drain)
 	l->server = NULL;
 	free(l->url);
 	l->url = NULL;
+	if (l->token)
+		explicit_bzero(l->token, strlen(l->token));
+	free(l->token);
+	l->token = NULL;
 	pthread_mutex_destroy(&l->lock);
 	pthread_cond_destroy(&l->cond);
 }

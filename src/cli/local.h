@@ -20,6 +20,7 @@ struct local {
 	struct server *server;
 	struct agent *agent;
 	char *url; /* "http://HOST:PORT" of the server */
+	char *token; /* an admin token: the agent's and the client's (freed, zeroed by local_stop) */
 	pthread_t thread;
 	bool thread_started;
 	pthread_mutex_t lock;

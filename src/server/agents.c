@@ -9,16 +9,42 @@
 #include <ctype.h>
 #include <inttypes.h>
 
-static struct sagent *agent_param(struct req *r)
+/* May the caller see agent a? Its org's pool and the shared pool. */
+static bool agent_visible(const struct req *r, const struct sagent *a)
+{
+	return a->org_id == 0 || access_org_visible(r, a->org_id);
+}
+
+/*
+ * The agent named by the path, if the caller may see it (acting: may act as
+ * it); else answers 404, as for an agent that does not exist. Under lock.
+ */
+static struct sagent *agent_param_for(struct req *r, bool acting)
 {
 	int64_t id;
 	if (req_param_id(r, 0, "agent", &id) < 0)
 		return NULL;
 	struct sagent *a = sched_agent(r->srv, id);
+	if (a && (acting ? !access_agent_ok(r, a) : !agent_visible(r, a)))
+		a = NULL;
 	if (!a)
 		req_reply_error(r, MHD_HTTP_NOT_FOUND, "not_found",
 				"agent %" PRId64 " not found (register with POST /v1/agents)", id);
 	return a;
+}
+
+static struct sagent *agent_param(struct req *r) { return agent_param_for(r, true); }
+
+/* Leaves out the jobs of orgs the caller may not see (a shared agent runs several). */
+static void filter_jobs(struct req *r, struct proto_agent *pa)
+{
+	size_t k = 0;
+	for (size_t i = 0; i < pa->n_jobs; i++) {
+		struct sjob *j = sched_job(r->srv, pa->job_ids[i]);
+		if (j && access_org_visible(r, j->org_id))
+			pa->job_ids[k++] = pa->job_ids[i];
+	}
+	pa->n_jobs = k;
 }
 
 static void touch(struct sagent *a)
@@ -131,6 +157,21 @@ void h_agents_register(struct req *r)
 	}
 	if (cap.slots == 0)
 		cap.slots = 1;
+	/* The pool: an agent token's own (its org's, or the shared pool);
+	 * an admin names it ("pool": org name or "shared", the default). */
+	int64_t pool = r->who.org_id;
+	if (r->who.role == ROLE_ADMIN) {
+		json_t *p = json_object_get(r->json, "pool");
+		const char *pn = json_string_value(p);
+		if (p && !json_is_null(p) && !pn) {
+			req_reply_error(r, MHD_HTTP_BAD_REQUEST, "bad_request",
+					"request body: 'pool' must be an org name or \"shared\"");
+			return;
+		}
+		pool = 0;
+		if (pn && !streq(pn, "shared") && access_target_org(r, pn, &pool) < 0)
+			return;
+	}
 	char *joined, **labels;
 	size_t n_labels;
 	if (parse_labels(r, &joined, &labels, &n_labels) < 0)
@@ -144,10 +185,11 @@ void h_agents_register(struct req *r)
 	r->ctx_free = register_ctx_free;
 
 	pthread_mutex_lock(&s->lock);
-	struct sagent *a = sched_agent_by_name(s, name);
+	struct sagent *a = sched_agent_by_name(s, pool, name);
 	if (!a) {
 		a = xcalloc(1, sizeof(*a));
 		a->id = s->next_agent_id++;
+		a->org_id = pool;
 		a->name = xstrdup(name);
 		a->registered_at = proto_now_ms();
 		a->next = s->agents;
@@ -162,10 +204,13 @@ void h_agents_register(struct req *r)
 	c->id = a->id;
 	r->mut = (struct store_mut){.kind = STORE_AGENT_PUT,
 				    .agent = {.id = a->id, .name = c->name, .labels = c->labels,
-					      .capacity = cap, .now = a->registered_at},
+					      .capacity = cap, .now = a->registered_at,
+					      .org_id = a->org_id},
 				    .done = register_done,
 				    .userdata = r};
-	store_submit(s->store, &r->mut);
+	req_audit_target(r, "agent %s", c->name);
+	req_audit_org(r, a->org_id);
+	req_submit(r, &r->mut, c->created ? 201 : 200);
 	char nb[160];
 	log_info("agent registered agent=%s req=%s id=%" PRId64 " labels=%s slots=%" PRId64,
 		 log_field(name, nb, sizeof(nb)), r->id, a->id,
@@ -183,8 +228,11 @@ void h_agents_list(struct req *r)
 	json_t *arr = json_array();
 	pthread_mutex_lock(&s->lock);
 	for (struct sagent *a = s->agents; a; a = a->next) {
+		if (!agent_visible(r, a))
+			continue;
 		struct proto_agent pa;
 		sched_agent_to_proto(s, a, &pa);
+		filter_jobs(r, &pa);
 		json_array_append_new(arr, proto_agent_to_json(&pa));
 		proto_agent_release(&pa);
 	}
@@ -202,15 +250,18 @@ void h_agents_get(struct req *r)
 {
 	struct server *s = r->srv;
 	pthread_mutex_lock(&s->lock);
-	struct sagent *a = agent_param(r);
+	struct sagent *a = agent_param_for(r, false);
 	if (a) {
 		struct proto_agent pa;
 		sched_agent_to_proto(s, a, &pa);
+		filter_jobs(r, &pa);
 		json_t *o = proto_agent_to_json(&pa);
 		proto_agent_release(&pa);
 		json_t *leases = json_array();
 		for (size_t i = 0; i < a->n_jobs; i++) {
 			struct sjob *j = a->jobs[i];
+			if (!access_org_visible(r, j->org_id))
+				continue;
 			uint64_t now = now_mono_ns();
 			json_array_append_new(
 				leases,
@@ -264,7 +315,13 @@ void h_agents_drain(struct req *r)
 	}
 	bool draining = d ? json_is_true(d) : true;
 	pthread_mutex_lock(&s->lock);
-	struct sagent *a = agent_param(r);
+	struct sagent *a = agent_param_for(r, false);
+	if (a && a->org_id == 0 && r->who.role != ROLE_ADMIN) {
+		req_reply_error(r, MHD_HTTP_FORBIDDEN, "forbidden",
+				"agent %" PRId64 " serves the shared pool: only an admin may drain it",
+				a->id);
+		a = NULL;
+	}
 	if (!a) {
 		pthread_mutex_unlock(&s->lock);
 		return;
@@ -281,7 +338,9 @@ void h_agents_drain(struct req *r)
 				    .drain = {.id = a->id, .draining = draining},
 				    .done = drain_done,
 				    .userdata = r};
-	store_submit(s->store, &r->mut);
+	req_audit_target(r, "agent %" PRId64 " (%s)", a->id, draining ? "drain" : "undrain");
+	req_audit_org(r, a->org_id);
+	req_submit(r, &r->mut, 200);
 	char nb[160];
 	log_info("agent %s agent=%s req=%s", draining ? "draining" : "undrained",
 		 log_field(a->name, nb, sizeof(nb)), r->id);
@@ -603,7 +662,9 @@ void h_agents_release(struct req *r)
 	r->ctx_free = release_ctx_free;
 	/* Answer once everything decided above is committed. */
 	r->mut = (struct store_mut){.kind = STORE_BARRIER, .done = release_done, .userdata = r};
-	store_submit(s->store, &r->mut);
+	req_audit_target(r, "agent %" PRId64, a->id);
+	req_audit_org(r, a->org_id);
+	req_submit(r, &r->mut, 200);
 	sched_kick_agent(s, a);
 	pthread_mutex_unlock(&s->lock);
 	free(list.ids);

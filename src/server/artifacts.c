@@ -96,6 +96,8 @@ void h_artifact_put(struct req *r)
 				"query parameter 'fence' (the lease's fence) is required");
 		return;
 	}
+	if (access_job_write(r, id, fence) < 0)
+		return;
 	const char *path = r->n_params > 1 ? r->params[1] : "";
 	struct kiln_err err = {0};
 	if (proto_artifact_path_check(path, &err) < 0) {
@@ -230,25 +232,11 @@ void h_artifact_put_data(struct req *r, const char *data, size_t len)
 						 .now = proto_now_ms()},
 				    .done = artifact_done,
 				    .userdata = r};
-	store_submit(s->store, &r->mut);
+	req_audit_target(r, "job %" PRId64 " artifact %s", u->job_id, u->path);
+	req_submit(r, &r->mut, 201);
 }
 
-static int job_exists(struct req *r, int64_t id)
-{
-	struct proto_job pj;
-	int rc = store_job_get(r->srv->store, id, 0, &pj);
-	if (rc == -ENOENT) {
-		req_reply_error(r, MHD_HTTP_NOT_FOUND, "not_found", "job %" PRId64 " not found", id);
-		return rc;
-	}
-	if (rc < 0) {
-		req_reply_error(r, MHD_HTTP_INTERNAL_SERVER_ERROR, "internal",
-				"cannot read job %" PRId64 ": %s", id, strerror(-rc));
-		return rc;
-	}
-	proto_job_release(&pj);
-	return 0;
-}
+static int job_exists(struct req *r, int64_t id) { return access_job_visible(r, id); }
 
 void h_artifacts_list(struct req *r)
 {
@@ -282,6 +270,8 @@ void h_artifact_get(struct req *r)
 		req_reply_error(r, MHD_HTTP_BAD_REQUEST, "bad_path", "%s", err.msg);
 		return;
 	}
+	if (job_exists(r, id) < 0)
+		return;
 	struct proto_artifact a;
 	int rc = store_artifact_get(s->store, id, path, &a);
 	if (rc == -ENOENT) {

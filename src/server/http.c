@@ -217,19 +217,104 @@ void server_print_routes(FILE *f)
 		fprintf(f, "%s %s\n", server_routes[i].method, server_routes[i].pattern);
 }
 
-/* ---- authentication (middleware hook) ------------------------------------- */
+/* ---- audit ------------------------------------------------------------------ */
 
-static const struct principal anonymous = {.name = "anonymous", .org = NULL, .roles = ~0u};
+/* Is this call one the audit log records? Mutating routes, authenticated callers. */
+static bool audit_wanted(const struct req *r)
+{
+	return r->route && (r->route->flags & ROUTE_AUDIT) && r->principal;
+}
+
+void req_audit_target(struct req *r, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	free(r->audit_target);
+	r->audit_target = xvasprintf(fmt, ap);
+	va_end(ap);
+}
+
+void req_audit_org(struct req *r, int64_t org_id) { r->audit_org = org_id; }
+
+static void audit_fill(struct req *r, int status)
+{
+	r->audit = (struct store_audit){
+		.org_id = r->audit_org >= 0 ? r->audit_org : r->who.org_id,
+		.token_id = r->who.token_id,
+		.actor = r->who.label,
+		.action = r->route->name,
+		.target = r->audit_target ? r->audit_target : "",
+		.source = r->source,
+		.status = status,
+		.now = proto_now_ms(),
+	};
+}
+
+uint64_t req_submit(struct req *r, struct store_mut *m, int status_ok)
+{
+	if (audit_wanted(r) && !r->audit_attached) {
+		audit_fill(r, status_ok);
+		m->audit = &r->audit;
+		r->audit_attached = true;
+	}
+	return store_submit(r->srv->store, m);
+}
+
+static void audit_written(struct store_mut *m, void *ud)
+{
+	(void)m;
+	struct req *r = ud;
+	r->audit_written = true;
+	pthread_mutex_lock(&r->lock);
+	r->phase = REQ_READY;
+	if (r->suspended) {
+		r->suspended = false;
+		atomic_fetch_sub(&r->srv->suspended, 1);
+		MHD_resume_connection(r->conn);
+	}
+	pthread_mutex_unlock(&r->lock);
+}
 
 /*
- * Decides who the caller is before any handler runs. Multi-tenancy (tokens,
- * orgs, roles) plugs in here; today every caller is the anonymous admin.
- * Returns 0 to go on, or answers (401/403) and returns < 0.
+ * An audited call whose handler wrote no mutation (refused, invalid, ...):
+ * its record is written on its own and the answer waits for it. Returns
+ * true when the answer must wait (the connection is suspended).
  */
-static int http_authenticate(struct req *r)
+static bool audit_before_answer(struct req *r)
 {
-	r->principal = &anonymous;
-	return 0;
+	if (!audit_wanted(r) || r->audit_attached || r->audit_written ||
+	    r->status == MHD_HTTP_TOO_MANY_REQUESTS)
+		return false;
+	audit_fill(r, (int)r->status);
+	r->audit_attached = true;
+	r->audit_mut = (struct store_mut){.kind = STORE_AUDIT, .audit = &r->audit,
+					  .done = audit_written, .userdata = r};
+	pthread_mutex_lock(&r->lock);
+	r->phase = REQ_HANDLER;
+	store_submit(r->srv->store, &r->audit_mut);
+	r->suspended = true;
+	atomic_fetch_add(&r->srv->suspended, 1);
+	MHD_suspend_connection(r->conn);
+	pthread_mutex_unlock(&r->lock);
+	return true;
+}
+
+static void client_address(struct req *r)
+{
+	const union MHD_ConnectionInfo *ci =
+		MHD_get_connection_info(r->conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+	if (!ci || !ci->client_addr)
+		return;
+	const struct sockaddr *sa = ci->client_addr;
+	if (sa->sa_family == AF_INET) {
+		struct sockaddr_in in;
+		memcpy(&in, sa, sizeof(in));
+		inet_ntop(AF_INET, &in.sin_addr, r->source, sizeof(r->source));
+	} else if (sa->sa_family == AF_INET6) {
+		struct sockaddr_in6 in6;
+		memcpy(&in6, sa, sizeof(in6));
+		inet_ntop(AF_INET6, &in6.sin6_addr, r->source, sizeof(r->source));
+	}
 }
 
 /* ---- the access handler --------------------------------------------------- */
@@ -299,6 +384,8 @@ static struct req *req_new(struct server *s, struct MHD_Connection *conn, const 
 	r->phase = REQ_BODY;
 	pthread_mutex_init(&r->lock, NULL);
 	r->ci = conn_info_of(conn);
+	r->audit_org = -1;
+	client_address(r);
 	return r;
 }
 
@@ -331,6 +418,8 @@ static void req_free(struct req *r)
 	buf_release(&r->body);
 	json_decref(r->json);
 	free(r->url);
+	free(r->audit_target);
+	explicit_bzero(r->who.job_token, sizeof(r->who.job_token));
 	pthread_mutex_destroy(&r->lock);
 	free(r);
 }
@@ -357,6 +446,9 @@ static void count(struct req *r)
 
 static enum MHD_Result queue(struct req *r)
 {
+	/* No answer to an audited call before its record is durable. */
+	if (audit_before_answer(r))
+		return MHD_YES;
 	struct MHD_Response *resp = r->response;
 	r->response = NULL;
 	r->phase = REQ_SENT;
@@ -420,10 +512,8 @@ static enum MHD_Result first_call(struct server *s, struct req *r, const char *u
 		return queue(r);
 	}
 	buf_release(&allow);
-	if (http_authenticate(r) < 0)
-		return queue(r);
-
-	/* Request smuggling guard (RFC 9112 6.3): both framings at once. */
+	/* Request smuggling guard (RFC 9112 6.3): both framings at once. Before
+	 * anything else: the request's extent itself is in doubt. */
 	const char *te = req_header(r, MHD_HTTP_HEADER_TRANSFER_ENCODING);
 	const char *cl = req_header(r, MHD_HTTP_HEADER_CONTENT_LENGTH);
 	if (te && cl) {
@@ -431,6 +521,8 @@ static enum MHD_Result first_call(struct server *s, struct req *r, const char *u
 				"a request may not carry both Transfer-Encoding and Content-Length");
 		return queue(r);
 	}
+	if (access_check(r) < 0)
+		return queue(r);
 	r->body_limit = route_body_limit(s, r->route);
 	if (cl && r->route->body != BODY_NONE) {
 		int64_t n;

@@ -139,8 +139,9 @@ static void submit_jobs(struct req *r, struct submit_ctx *c)
 	for (size_t i = 0; i < c->n; i++) {
 		struct store_job_new *n = &c->v[i];
 		n->id = s->next_job_id++;
-		made[i] = sched_add_job(s, n->id, n->name, n->priority, n->runs_on, &n->needs,
-					n->max_attempts, n->timeout_ms);
+		made[i] = sched_add_job(s, n->id, n->org_id, n->name, n->priority, n->runs_on,
+					&n->needs, n->max_attempts, n->timeout_ms);
+		_cleanup_free_ char *oname = xstrdup(org_name(s, n->org_id));
 		struct proto_job pj = {
 			.id = n->id,
 			.name = c->own[i].name,
@@ -152,6 +153,8 @@ static void submit_jobs(struct req *r, struct submit_ctx *c)
 			.timeout_ms = n->timeout_ms,
 			.submitted_at = n->submitted_at,
 			.retry_of = n->retry_of,
+			.org_id = n->org_id,
+			.org = oname,
 			.unschedulable = !made[i]->cls->schedulable,
 			.reason = made[i]->cls->reason,
 		};
@@ -160,15 +163,15 @@ static void submit_jobs(struct req *r, struct submit_ctx *c)
 	json_t *reply = json_pack("{s:o}", "jobs", arr);
 	c->reply = json_dumps(reply, JSON_COMPACT);
 	json_decref(reply);
-	obs_jobs_submitted(s, ORG_DEFAULT, c->n);
+	obs_jobs_submitted(s, org_name(s, c->v[0].org_id), c->n);
 	char nb[160];
 	if (c->n == 1)
 		log_info("job submitted job=%" PRId64 " org=%s req=%s name=%s retry_of=%" PRId64,
-			 c->v[0].id, ORG_DEFAULT, r->id, log_field(c->v[0].name, nb, sizeof(nb)),
+			 c->v[0].id, org_name(s, c->v[0].org_id), r->id, log_field(c->v[0].name, nb, sizeof(nb)),
 			 c->v[0].retry_of);
 	else
 		log_info("jobs submitted jobs=%" PRId64 "-%" PRId64 " count=%zu org=%s req=%s name=%s",
-			 c->v[0].id, c->v[c->n - 1].id, c->n, ORG_DEFAULT, r->id,
+			 c->v[0].id, c->v[c->n - 1].id, c->n, org_name(s, c->v[0].org_id), r->id,
 			 log_field(c->v[0].name, nb, sizeof(nb)));
 	r->ctx = c;
 	r->ctx_free = submit_ctx_free;
@@ -177,7 +180,12 @@ static void submit_jobs(struct req *r, struct submit_ctx *c)
 				    .done = submit_done,
 				    .userdata = r};
 	/* The insert is queued before any lease of these jobs. */
-	uint64_t seq = store_submit(s->store, &r->mut);
+	if (c->n == 1)
+		req_audit_target(r, "job %" PRId64, c->v[0].id);
+	else
+		req_audit_target(r, "jobs %" PRId64 "-%" PRId64, c->v[0].id, c->v[c->n - 1].id);
+	req_audit_org(r, c->v[0].org_id);
+	uint64_t seq = req_submit(r, &r->mut, 201);
 	for (size_t i = 0; i < c->n; i++)
 		made[i]->insert_seq = seq;
 	for (size_t i = 0; i < c->n; i++)
@@ -225,6 +233,9 @@ static const char *spec_file_name(struct req *r)
 
 void h_jobs_submit(struct req *r)
 {
+	int64_t org_id;
+	if (access_target_org(r, req_query(r, "org"), &org_id) < 0)
+		return;
 	struct spec_job **jobs = NULL;
 	size_t n = 0;
 	struct spec_diags diags = {0};
@@ -248,8 +259,10 @@ void h_jobs_submit(struct req *r)
 	spec_diags_release(&diags);
 	struct submit_ctx *c = submit_ctx_new(n);
 	uint64_t now = proto_now_ms();
-	for (size_t i = 0; i < n; i++)
+	for (size_t i = 0; i < n; i++) {
 		fill_new_job(c, i, jobs[i], now);
+		c->v[i].org_id = org_id;
+	}
 	spec_jobs_free(jobs, n);
 	submit_jobs(r, c);
 }
@@ -261,7 +274,9 @@ void h_jobs_retry(struct req *r)
 		return;
 	struct proto_job pj;
 	int rc = store_job_get(r->srv->store, id, PROTO_JOB_SPEC, &pj);
-	if (rc == -ENOENT) {
+	if (rc == -ENOENT || (rc >= 0 && !access_org_visible(r, pj.org_id))) {
+		if (rc >= 0)
+			proto_job_release(&pj);
 		req_reply_error(r, MHD_HTTP_NOT_FOUND, "not_found", "job %" PRId64 " not found", id);
 		return;
 	}
@@ -288,6 +303,7 @@ void h_jobs_retry(struct req *r)
 	n->needs = pj.needs;
 	n->submitted_at = proto_now_ms();
 	n->retry_of = id;
+	n->org_id = pj.org_id;
 	proto_job_release(&pj);
 	submit_jobs(r, c);
 }
@@ -301,7 +317,9 @@ void h_jobs_get(struct req *r)
 		return;
 	struct proto_job pj;
 	int rc = store_job_get(r->srv->store, id, PROTO_JOB_SPEC | PROTO_JOB_ATTEMPTS, &pj);
-	if (rc == -ENOENT) {
+	if (rc == -ENOENT || (rc >= 0 && !access_org_visible(r, pj.org_id))) {
+		if (rc >= 0)
+			proto_job_release(&pj);
 		req_reply_error(r, MHD_HTTP_NOT_FOUND, "not_found", "job %" PRId64 " not found", id);
 		return;
 	}
@@ -312,6 +330,7 @@ void h_jobs_get(struct req *r)
 	}
 	pthread_mutex_lock(&r->srv->lock);
 	sched_fill_overlay(r->srv, &pj, true);
+	pj.org = xstrdup(org_name(r->srv, pj.org_id));
 	pthread_mutex_unlock(&r->srv->lock);
 	req_reply_json(r, MHD_HTTP_OK, proto_job_to_json(&pj, PROTO_JOB_SPEC | PROTO_JOB_ATTEMPTS));
 	proto_job_release(&pj);
@@ -361,6 +380,12 @@ void h_jobs_list(struct req *r)
 	const char *name = req_query(r, "name");
 	if (name && *name)
 		f.name = name;
+	/* Non-admins see their own org; admins every org, or the one named. */
+	const char *org = req_query(r, "org");
+	if (r->who.role != ROLE_ADMIN || (org && *org)) {
+		if (access_target_org(r, org, &f.org_id) < 0)
+			return;
+	}
 	struct proto_job *v = NULL;
 	size_t n = 0;
 	int rc = store_job_list(r->srv->store, &f, &v, &n);
@@ -373,6 +398,7 @@ void h_jobs_list(struct req *r)
 	pthread_mutex_lock(&r->srv->lock);
 	for (size_t i = 0; i < n; i++) {
 		sched_fill_overlay(r->srv, &v[i], false);
+		v[i].org = xstrdup(org_name(r->srv, v[i].org_id));
 		json_array_append_new(arr, proto_job_to_json(&v[i], 0));
 	}
 	pthread_mutex_unlock(&r->srv->lock);
@@ -385,6 +411,7 @@ void h_jobs_list(struct req *r)
 
 struct simple_ctx {
 	int64_t id;
+	const char *org; /* the org's name (orgs live as long as the server) */
 	enum job_state state, previous;
 	char *message;
 };
@@ -407,7 +434,7 @@ static void cancel_done(struct store_mut *m, void *ud)
 				"job %" PRId64 " could not be cancelled: it has just ended", c->id);
 		return;
 	}
-	obs_job_ended(r->srv, JOB_CANCELLED, ORG_DEFAULT);
+	obs_job_ended(r->srv, JOB_CANCELLED, c->org);
 	req_reply_json(r, MHD_HTTP_OK,
 		       json_pack("{s:I,s:s,s:s}", "id", (json_int_t)c->id, "state", "cancelled",
 				 "previous_state", job_state_to_string(c->previous)));
@@ -418,6 +445,8 @@ void h_jobs_cancel(struct req *r)
 	struct server *s = r->srv;
 	int64_t id;
 	if (!job_id_param(r, &id))
+		return;
+	if (access_job_visible(r, id) < 0)
 		return;
 	pthread_mutex_lock(&s->lock);
 	struct sjob *j = sched_job(s, id);
@@ -444,6 +473,7 @@ void h_jobs_cancel(struct req *r)
 	struct simple_ctx *c = xcalloc(1, sizeof(*c));
 	c->id = id;
 	c->previous = j->state;
+	c->org = org_name(s, j->org_id);
 	c->message = xasprintf("cancelled by %s", r->principal ? r->principal->name : "a user");
 	r->ctx = c;
 	r->ctx_free = simple_ctx_free;
@@ -459,11 +489,13 @@ void h_jobs_cancel(struct req *r)
 		sched_end_lease(s, j, "cancelled");
 	}
 	char pb[160];
-	log_info("job cancelled job=%" PRId64 " org=%s req=%s state=%s by=%s", id, ORG_DEFAULT, r->id,
+	log_info("job cancelled job=%" PRId64 " org=%s req=%s state=%s by=%s", id, org_name(s, j->org_id), r->id,
 		 job_state_to_string(c->previous),
 		 log_field(r->principal ? r->principal->name : "?", pb, sizeof(pb)));
+	req_audit_target(r, "job %" PRId64, id);
+	req_audit_org(r, j->org_id);
 	sched_free_job(s, j);
-	store_submit(s->store, &r->mut);
+	req_submit(r, &r->mut, 200);
 	pthread_mutex_unlock(&s->lock);
 }
 
@@ -487,6 +519,8 @@ void h_jobs_status(struct req *r)
 	struct server *s = r->srv;
 	int64_t id, fence;
 	if (!job_id_param(r, &id) || json_get_fence(r, &fence) < 0)
+		return;
+	if (access_job_write(r, id, fence) < 0)
 		return;
 	const char *state = json_string_value(json_object_get(r->json, "state"));
 	if (!state || !streq(state, "running")) {
@@ -541,7 +575,7 @@ static void complete_done(struct store_mut *m, void *ud)
 		return;
 	}
 	if (m->result == 0)
-		obs_job_ended(r->srv, c->state, ORG_DEFAULT);
+		obs_job_ended(r->srv, c->state, c->org);
 	reply_small(r, xasprintf("{\"id\":%" PRId64 ",\"state\":\"%s\",\"duplicate\":%s}\n",
 				 c->id, job_state_to_string(c->state),
 				 m->result == 1 ? "true" : "false"));
@@ -595,6 +629,7 @@ void h_jobs_complete(struct req *r)
 	struct proto_usage usage;
 	bool has_usage = false;
 	if (!job_id_param(r, &id) || json_get_fence(r, &fence) < 0 ||
+	    access_job_write(r, id, fence) < 0 ||
 	    parse_result(r, &st, &has_code, &code, &message) < 0 ||
 	    usage_parse(r, &usage, &has_usage) < 0)
 		return;
@@ -612,6 +647,7 @@ void h_jobs_complete(struct req *r)
 	struct simple_ctx *c = xcalloc(1, sizeof(*c));
 	c->id = id;
 	c->state = st;
+	c->org = j ? org_name(s, j->org_id) : NULL;
 	c->message = message ? xstrdup(message) : NULL;
 	r->ctx = c;
 	r->ctx_free = simple_ctx_free;
@@ -621,7 +657,10 @@ void h_jobs_complete(struct req *r)
 					       .message = c->message, .now = proto_now_ms()},
 				    .done = complete_done,
 				    .userdata = r};
-	store_submit(s->store, &r->mut);
+	req_audit_target(r, "job %" PRId64 " (%s)", id, job_state_to_string(st));
+	if (j)
+		req_audit_org(r, j->org_id);
+	req_submit(r, &r->mut, 200);
 	/* Logged once, when the result is taken (a retransmission finds no j);
 	 * formatted after the lock is let go. */
 	char agent[160] = "";
@@ -641,7 +680,8 @@ void h_jobs_complete(struct req *r)
 		char ab[180];
 		log_info("job finished job=%" PRId64 " state=%s agent=%s org=%s req=%s fence=%" PRId64
 			 " exit=%d",
-			 id, job_state_to_string(st), log_field(agent, ab, sizeof(ab)), ORG_DEFAULT,
+			 id, job_state_to_string(st), log_field(agent, ab, sizeof(ab)),
+			 c->org ? c->org : "?",
 			 r->id, fence, has_code ? code : -1);
 	}
 }

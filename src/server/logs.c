@@ -182,6 +182,8 @@ void h_log_append(struct req *r)
 				"this chunk starts in the log) are required");
 		return;
 	}
+	if (access_job_write(r, id, fence) < 0)
+		return;
 	pthread_mutex_lock(&s->lock);
 	struct sjob *j = sched_job(s, id);
 	if (!j || !job_state_is_active(j->state) || j->fence != fence) {
@@ -477,6 +479,8 @@ void h_log_get(struct req *r)
 	int64_t v;
 	if (sse && last && parse_int64(last, 0, INT64_MAX, &v) >= 0)
 		offset = v;
+	if (access_job_visible(r, id) < 0)
+		return;
 
 	/* Which attempt: the one asked for, else the current one (the next one
 	 * for a queued job being followed). */

@@ -11,6 +11,7 @@
  * it. Everything here runs under server.lock.
  */
 #include "server-internal.h"
+#include "auth/auth.h"
 
 #include <inttypes.h>
 #include <signal.h>
@@ -228,6 +229,12 @@ static void class_unref(struct server *s, struct sclass *c)
 	class_free(c);
 }
 
+/* Does agent a serve jobs of this org? Its org's pool, or the shared pool. */
+static bool agent_serves(const struct sagent *a, int64_t org_id)
+{
+	return a->org_id == 0 || a->org_id == org_id;
+}
+
 static bool agent_has_labels(const struct sagent *a, const struct sclass *c)
 {
 	for (size_t i = 0; i < c->n_labels; i++) {
@@ -263,8 +270,11 @@ static void class_check(struct server *s, struct sclass *c)
 	c->reason = NULL;
 	c->schedulable = false;
 	const struct sagent *with_labels = NULL;
-	size_t n_agents = 0;
+	size_t n_agents = 0, n_all = 0;
 	for (const struct sagent *a = s->agents; a; a = a->next) {
+		n_all++;
+		if (!agent_serves(a, c->org_id))
+			continue;
 		n_agents++;
 		if (!agent_has_labels(a, c))
 			continue;
@@ -275,8 +285,10 @@ static void class_check(struct server *s, struct sclass *c)
 		}
 	}
 	_cleanup_free_ char *labels = proto_labels_join(c->labels, c->n_labels);
-	if (n_agents == 0) {
+	if (n_all == 0) {
 		c->reason = xstrdup("no agent is registered");
+	} else if (n_agents == 0) {
+		c->reason = xstrdup("no agent of this org's pool or the shared pool is registered");
 	} else if (!with_labels) {
 		c->reason = xasprintf("no registered agent has all the labels of runs-on [%s]",
 				      labels);
@@ -298,7 +310,7 @@ static void class_check(struct server *s, struct sclass *c)
 	}
 }
 
-static struct sclass *class_get(struct server *s, const char *runs_on,
+static struct sclass *class_get(struct server *s, int64_t org_id, const char *runs_on,
 				const struct proto_capacity *needs)
 {
 	char **labels;
@@ -307,8 +319,8 @@ static struct sclass *class_get(struct server *s, const char *runs_on,
 	nd.slots = 1;
 	parse_runs_on(runs_on, &labels, &n, &nd.gpus);
 	_cleanup_free_ char *joined = proto_labels_join(labels, n);
-	_cleanup_free_ char *key = xasprintf("%s|%.17g|%" PRIu64 "|%" PRId64, joined, nd.cpus,
-					     nd.memory, nd.gpus);
+	_cleanup_free_ char *key = xasprintf("%" PRId64 "|%s|%.17g|%" PRIu64 "|%" PRId64, org_id,
+					     joined, nd.cpus, nd.memory, nd.gpus);
 	for (struct sclass *c = s->classes; c; c = c->next)
 		if (streq(c->key, key)) {
 			proto_strv_free(labels, n);
@@ -317,6 +329,7 @@ static struct sclass *class_get(struct server *s, const char *runs_on,
 		}
 	struct sclass *c = xcalloc(1, sizeof(*c));
 	c->key = TAKE_PTR(key);
+	c->org_id = org_id;
 	c->labels = labels;
 	c->n_labels = n;
 	c->needs = nd;
@@ -381,10 +394,10 @@ struct sagent *sched_agent(struct server *s, int64_t id)
 	return NULL;
 }
 
-struct sagent *sched_agent_by_name(struct server *s, const char *name)
+struct sagent *sched_agent_by_name(struct server *s, int64_t org_id, const char *name)
 {
 	for (struct sagent *a = s->agents; a; a = a->next)
-		if (streq(a->name, name))
+		if (a->org_id == org_id && streq(a->name, name))
 			return a;
 	return NULL;
 }
@@ -436,6 +449,8 @@ void sched_agent_to_proto(struct server *s, struct sagent *a, struct proto_agent
 {
 	memset(ret, 0, sizeof(*ret));
 	ret->id = a->id;
+	ret->org_id = a->org_id;
+	ret->org = a->org_id ? xstrdup(org_name(s, a->org_id)) : NULL;
 	ret->name = xstrdup(a->name);
 	ret->labels = xcalloc(a->n_labels + 1, sizeof(char *));
 	for (size_t i = 0; i < a->n_labels; i++)
@@ -476,15 +491,17 @@ static void active_del(struct server *s, struct sjob *j)
 	j->aprev = j->anext = NULL;
 }
 
-static struct sjob *job_new(struct server *s, int64_t id, const char *name, int64_t priority,
-			    const char *runs_on, const struct proto_capacity *needs,
-			    int64_t max_attempts, uint64_t timeout_ms)
+static struct sjob *job_new(struct server *s, int64_t id, int64_t org_id, const char *name,
+			    int64_t priority, const char *runs_on,
+			    const struct proto_capacity *needs, int64_t max_attempts,
+			    uint64_t timeout_ms)
 {
 	struct sjob *j = xcalloc(1, sizeof(*j));
 	j->id = id;
+	j->org_id = org_id > 0 ? org_id : 1;
 	j->name = xstrdup(name ? name : "");
 	j->priority = priority;
-	j->cls = class_get(s, runs_on, needs);
+	j->cls = class_get(s, j->org_id, runs_on, needs);
 	j->max_attempts = max_attempts > 0 ? max_attempts : 1;
 	j->timeout_ms = timeout_ms;
 	j->heap_idx = SIZE_MAX;
@@ -492,11 +509,13 @@ static struct sjob *job_new(struct server *s, int64_t id, const char *name, int6
 	return j;
 }
 
-struct sjob *sched_add_job(struct server *s, int64_t id, const char *name, int64_t priority,
-			   const char *runs_on, const struct proto_capacity *needs,
-			   int64_t max_attempts, uint64_t timeout_ms)
+struct sjob *sched_add_job(struct server *s, int64_t id, int64_t org_id, const char *name,
+			   int64_t priority, const char *runs_on,
+			   const struct proto_capacity *needs, int64_t max_attempts,
+			   uint64_t timeout_ms)
 {
-	struct sjob *j = job_new(s, id, name, priority, runs_on, needs, max_attempts, timeout_ms);
+	struct sjob *j = job_new(s, id, org_id, name, priority, runs_on, needs, max_attempts,
+				 timeout_ms);
 	j->state = JOB_QUEUED;
 	j->queued_ns = now_mono_ns();
 	heap_push(j->cls, j);
@@ -522,9 +541,39 @@ void sched_remove_queued(struct server *s, struct sjob *j)
 		heap_remove(j->cls, j);
 }
 
+/* The org's cap on leased + running jobs; 0 = none. */
+static int64_t org_cap(struct server *s, const struct sorg *o)
+{
+	return o && o->max_running ? o->max_running : s->cfg.max_running_per_org;
+}
+
+static bool org_at_cap(struct server *s, int64_t org_id)
+{
+	struct sorg *o = org_get(s, org_id);
+	int64_t cap = org_cap(s, o);
+	return o && cap > 0 && o->running >= cap;
+}
+
+static void org_running(struct server *s, int64_t org_id, int delta)
+{
+	struct sorg *o = org_get(s, org_id);
+	if (!o)
+		return;
+	bool was_capped = org_at_cap(s, org_id);
+	o->running += delta;
+	if (o->running < 0)
+		o->running = 0;
+	/* Below its cap again: the org's queued jobs may go to parked agents. */
+	if (was_capped && !org_at_cap(s, org_id))
+		for (struct sclass *c = s->classes; c; c = c->next)
+			if (c->org_id == org_id && c->n_heap)
+				sched_dispatch(s, c->heap[0]);
+}
+
 void sched_end_lease(struct server *s, struct sjob *j, const char *revoke_reason)
 {
 	struct sagent *a = j->agent;
+	bool was_active = j->aprev || j->anext || s->active_head == j;
 	active_del(s, j);
 	if (a) {
 		agent_del_job(a, j);
@@ -542,6 +591,8 @@ void sched_end_lease(struct server *s, struct sjob *j, const char *revoke_reason
 		}
 	}
 	j->agent = NULL;
+	if (was_active)
+		org_running(s, j->org_id, -1);
 	/* Tell the agent now, not at its next heartbeat. */
 	if (a && revoke_reason)
 		heartbeat_wake(s, a);
@@ -559,21 +610,31 @@ void sched_requeue(struct server *s, struct sjob *j)
 	sched_dispatch(s, j);
 }
 
+/*
+ * The job agent a should run next. Fairness between orgs (docs/decisions:
+ * fairness): among the orgs with a job a can run, the first after the org
+ * served last (by id, wrapping around); within that org, priority then age.
+ * An org at its running cap is skipped.
+ */
 struct sjob *sched_pick(struct server *s, struct sagent *a)
 {
 	if (a->draining)
 		return NULL;
-	struct sjob *best = NULL;
+	struct sjob *after = NULL, *wrap = NULL; /* best of the next org, best of the first */
 	for (struct sclass *c = s->classes; c; c = c->next) {
-		if (!c->n_heap)
+		if (!c->n_heap || !agent_serves(a, c->org_id))
 			continue;
-		if (best && !job_before(c->heap[0], best))
+		struct sjob *h = c->heap[0];
+		struct sjob **slot = c->org_id > s->rr_org ? &after : &wrap;
+		if (*slot && ((*slot)->org_id < h->org_id ||
+			      ((*slot)->org_id == h->org_id && !job_before(h, *slot))))
 			continue;
-		if (!agent_has_labels(a, c) || !fits(&a->capacity, &a->used, &c->needs))
+		if (!agent_has_labels(a, c) || !fits(&a->capacity, &a->used, &c->needs) ||
+		    org_at_cap(s, c->org_id))
 			continue;
-		best = c->heap[0];
+		*slot = h;
 	}
-	return best;
+	return after ? after : wrap;
 }
 
 /* ---- long-poll waiters ---------------------------------------------------- */
@@ -651,7 +712,7 @@ void sched_dispatch(struct server *s, struct sjob *j)
 			continue;
 		}
 		struct sagent *a = r->wait_agent;
-		if (a->draining || !agent_has_labels(a, j->cls) ||
+		if (a->draining || !agent_serves(a, j->org_id) || !agent_has_labels(a, j->cls) ||
 		    !fits(&a->capacity, &a->used, &j->cls->needs))
 			continue;
 		/* The agent gets the best job it can run, which is j or better. */
@@ -692,6 +753,7 @@ struct lease_ctx {
 	int64_t id, attempt, max_attempts, fence, agent_id;
 	uint64_t timeout_ms, ttl_ms;
 	char *name;
+	char token[TOKEN_LEN + 1]; /* the lease's job token */
 };
 
 static void lease_ctx_free(void *p)
@@ -700,6 +762,7 @@ static void lease_ctx_free(void *p)
 	if (!c)
 		return;
 	free(c->name);
+	explicit_bzero(c->token, sizeof(c->token));
 	free(c);
 }
 
@@ -711,9 +774,9 @@ static void lease_reply(struct req *r, const struct lease_ctx *c, const char *sp
 	buf_printf(&b,
 		   ",\"attempt\":%" PRId64 ",\"max_attempts\":%" PRId64 ",\"fence\":%" PRId64
 		   ",\"timeout_ms\":%" PRIu64 ",\"spec\":%s},\"fence\":%" PRId64
-		   ",\"attempt\":%" PRId64 ",\"lease_ttl_ms\":%" PRIu64 "}\n",
+		   ",\"attempt\":%" PRId64 ",\"lease_ttl_ms\":%" PRIu64 ",\"token\":\"%s\"}\n",
 		   c->attempt, c->max_attempts, c->fence, c->timeout_ms, spec ? spec : "null",
-		   c->fence, c->attempt, c->ttl_ms);
+		   c->fence, c->attempt, c->ttl_ms, c->token);
 	size_t len = b.len;
 	req_reply_text(r, MHD_HTTP_OK, "application/json", buf_steal(&b), len);
 }
@@ -778,19 +841,22 @@ void sched_grant(struct server *s, struct sjob *j, struct sagent *a, struct req 
 	active_add(s, j);
 	uint64_t waited_ns = now > j->queued_ns ? now - j->queued_ns : 0;
 	obs_lease_granted(s, waited_ns);
+	org_running(s, j->org_id, +1);
+	s->rr_org = j->org_id;
 
 	fence_reserve_ahead(s);
 	if (log_max_level >= LOG_DEBUG) {
 		char ab[160];
 		log_debug("lease granted job=%" PRId64 " agent=%s org=%s req=%s fence=%" PRId64
 			  " attempt=%" PRId64 " waited_ms=%" PRIu64,
-			  j->id, log_field(a->name, ab, sizeof(ab)), ORG_DEFAULT, r->id, j->fence,
+			  j->id, log_field(a->name, ab, sizeof(ab)), org_name(s, j->org_id), r->id, j->fence,
 			  j->attempt, (uint64_t)(waited_ns / NSEC_PER_MSEC));
 	}
 	struct lease_ctx lc = {.id = j->id, .attempt = j->attempt,
 			       .max_attempts = j->max_attempts, .fence = j->fence,
 			       .agent_id = a->id, .timeout_ms = j->timeout_ms,
 			       .ttl_ms = s->cfg.lease_ttl_ms, .name = j->name};
+	token_job(keys_job_key(s), j->id, j->fence, lc.token);
 	struct store_mut lm = {.kind = STORE_JOB_LEASE,
 			       .lease = {.job_id = j->id, .fence = j->fence,
 					 .attempt = j->attempt, .agent_id = a->id,
@@ -811,6 +877,7 @@ void sched_grant(struct server *s, struct sjob *j, struct sagent *a, struct req 
 			m->lease = lm.lease;
 			mut_submit_detached(s, m);
 			lease_reply(r, &lc, spec);
+			explicit_bzero(lc.token, sizeof(lc.token));
 			free(spec);
 			return;
 		}
@@ -846,7 +913,7 @@ void sched_release(struct server *s, struct sjob *j, const char *why, bool revok
 		j->max_attempts++;
 		log_info("lease handed back unstarted, job queued again job=%" PRId64
 			 " agent=%s org=%s fence=%" PRId64 " why=%s",
-			 j->id, agent, ORG_DEFAULT, fence, lwhy);
+			 j->id, agent, org_name(s, j->org_id), fence, lwhy);
 		struct store_mut *m = mut_new(STORE_JOB_REQUEUE);
 		char *msg = xasprintf("%s (before it started; the attempt does not count)", why);
 		m->requeue = (__typeof__(m->requeue)){.job_id = j->id, .fence = fence,
@@ -854,7 +921,7 @@ void sched_release(struct server *s, struct sjob *j, const char *why, bool revok
 						  .now = proto_now_ms(), .refund = true};
 		mut_set_msg(m, msg);
 		mut_submit_detached(s, m);
-		obs_job_requeued(s, ORG_DEFAULT);
+		obs_job_requeued(s, org_name(s, j->org_id));
 		sched_end_lease(s, j, revoke ? "lease_expired" : NULL);
 		sched_requeue(s, j);
 		return;
@@ -862,7 +929,7 @@ void sched_release(struct server *s, struct sjob *j, const char *why, bool revok
 	if (j->attempt < j->max_attempts) {
 		log_warn("lease ended, job queued again job=%" PRId64 " agent=%s org=%s fence=%" PRId64
 			 " attempt=%" PRId64 " why=%s",
-			 j->id, agent, ORG_DEFAULT, fence, j->attempt, lwhy);
+			 j->id, agent, org_name(s, j->org_id), fence, j->attempt, lwhy);
 		struct store_mut *m = mut_new(STORE_JOB_REQUEUE);
 		char *msg = xasprintf("%s (attempt %" PRId64 " of %" PRId64 ")", why, j->attempt,
 				      j->max_attempts);
@@ -871,13 +938,13 @@ void sched_release(struct server *s, struct sjob *j, const char *why, bool revok
 						  .now = proto_now_ms()};
 		mut_set_msg(m, msg);
 		mut_submit_detached(s, m);
-		obs_job_requeued(s, ORG_DEFAULT);
+		obs_job_requeued(s, org_name(s, j->org_id));
 		sched_end_lease(s, j, revoke ? "lease_expired" : NULL);
 		sched_requeue(s, j);
 		return;
 	}
 	log_warn("lease ended with no retries left, job lost job=%" PRId64 " agent=%s org=%s why=%s",
-		 j->id, agent, ORG_DEFAULT, lwhy);
+		 j->id, agent, org_name(s, j->org_id), lwhy);
 	struct store_mut *m = mut_new(STORE_JOB_FINISH);
 	char *msg = xasprintf("lost: %s, and no retries are left (attempt %" PRId64 " of %" PRId64
 			      ")",
@@ -886,7 +953,7 @@ void sched_release(struct server *s, struct sjob *j, const char *why, bool revok
 					.message = msg, .now = proto_now_ms()};
 	mut_set_msg(m, msg);
 	mut_submit_detached(s, m);
-	obs_job_ended(s, JOB_LOST, ORG_DEFAULT);
+	obs_job_ended(s, JOB_LOST, org_name(s, j->org_id));
 	struct sagent *a = j->agent;
 	sched_end_lease(s, j, revoke ? "lost" : NULL);
 	sched_free_job(s, j);
@@ -914,7 +981,7 @@ static void time_out(struct server *s, struct sjob *j)
 	format_duration_ms(j->timeout_ms, t);
 	char ab[160];
 	log_warn("job timed out (enforced by the server) job=%" PRId64 " agent=%s org=%s", j->id,
-		 log_field(j->agent ? j->agent->name : "?", ab, sizeof(ab)), ORG_DEFAULT);
+		 log_field(j->agent ? j->agent->name : "?", ab, sizeof(ab)), org_name(s, j->org_id));
 	struct store_mut *m = mut_new(STORE_JOB_FINISH);
 	char grace[32];
 	format_duration_ms(s->cfg.timeout_grace_ms, grace);
@@ -926,7 +993,7 @@ static void time_out(struct server *s, struct sjob *j)
 					.now = proto_now_ms()};
 	mut_set_msg(m, msg);
 	mut_submit_detached(s, m);
-	obs_job_ended(s, JOB_TIMED_OUT, ORG_DEFAULT);
+	obs_job_ended(s, JOB_TIMED_OUT, org_name(s, j->org_id));
 	struct sagent *a = j->agent;
 	sched_end_lease(s, j, "timed_out");
 	sched_free_job(s, j);
@@ -1006,6 +1073,7 @@ static void load_agent(void *ud, const struct proto_agent *pa)
 	struct server *s = ud;
 	struct sagent *a = xcalloc(1, sizeof(*a));
 	a->id = pa->id;
+	a->org_id = pa->org_id;
 	a->name = xstrdup(pa->name);
 	a->labels = xcalloc(pa->n_labels + 1, sizeof(char *));
 	for (size_t i = 0; i < pa->n_labels; i++)
@@ -1021,8 +1089,8 @@ static void load_agent(void *ud, const struct proto_agent *pa)
 static void load_job(void *ud, const struct proto_job *pj)
 {
 	struct server *s = ud;
-	struct sjob *j = job_new(s, pj->id, pj->name, pj->priority, pj->runs_on, &pj->needs,
-				 pj->max_attempts, pj->timeout_ms);
+	struct sjob *j = job_new(s, pj->id, pj->org_id, pj->name, pj->priority, pj->runs_on,
+				 &pj->needs, pj->max_attempts, pj->timeout_ms);
 	j->attempt = pj->attempt;
 	j->fence = pj->fence;
 	/* In the queue since it was submitted (or, if it ran before, since about
@@ -1052,6 +1120,7 @@ static void load_job(void *ud, const struct proto_job *pj)
 	if (j->agent)
 		agent_add_job(j->agent, j);
 	active_add(s, j);
+	org_running(s, j->org_id, +1);
 }
 
 int sched_load(struct server *s, struct kiln_err *err)

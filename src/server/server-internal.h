@@ -36,10 +36,22 @@ enum body_kind {
 	BODY_STREAM, /* handed to route->on_data as it arrives (artifacts) */
 };
 
+/*
+ * Who may call a route (access.c checks before any handler runs). A route
+ * with none of these is admin-only: a new route without flags fails closed.
+ */
 enum {
-	ROUTE_PUBLIC = 1 << 0,  /* no authentication, ever (health) */
-	ROUTE_AGENT = 1 << 1,   /* an agent's call (role check, later) */
-	ROUTE_METRICS = 1 << 2, /* GET /metrics: may have a token of its own */
+	ROUTE_PUBLIC = 1 << 0,  /* no authentication, ever (/healthz) */
+	ROUTE_AGENT = 1 << 1,   /* an agent token (its pool's agents) or admin */
+	ROUTE_READ = 1 << 2,    /* viewer, member, owner, admin */
+	ROUTE_WRITE = 1 << 3,   /* member, owner, admin */
+	ROUTE_OWNER = 1 << 4,   /* owner, admin */
+	ROUTE_ADMIN = 1 << 5,   /* admin */
+	ROUTE_JOB = 1 << 6,     /* the job's own lease token (bound in the handler) or admin */
+	ROUTE_ANY = 1 << 7,     /* any valid token */
+	ROUTE_METRICS = 1 << 8, /* a metrics token or admin */
+	ROUTE_AUDIT = 1 << 9,   /* recorded in the audit log */
+	ROUTE_WEBHOOK = 1 << 10, /* authenticated by its HMAC signature, not a token */
 };
 
 /* Per-route counters (lock-free), exported by /metrics (observe.c). */
@@ -77,11 +89,15 @@ enum req_phase {
 	REQ_SENT,    /* queued to MHD */
 };
 
-/* Who is calling (filled by the auth middleware; anonymous for now). */
+/* Who is calling (access.c fills it in before the handler runs). */
 struct principal {
-	const char *name; /* "anonymous" */
-	const char *org;  /* NULL: the default org */
-	unsigned roles;
+	const char *name;      /* points to label: "token 3 (ci-bot)", "job 12" */
+	int64_t token_id;      /* 0 for a job token */
+	int64_t org_id;        /* the token's org; 0 = none (shared-pool agent) */
+	enum proto_role role;  /* ROLE_NONE for a job token */
+	bool job;              /* a job-scoped lease token (job_token holds it) */
+	char job_token[64];
+	char label[112];
 };
 
 struct follower;
@@ -100,7 +116,8 @@ struct req {
 	char *url;
 	char *params[4]; /* path parameters in pattern order ({id}, {path*}) */
 	size_t n_params;
-	const struct principal *principal;
+	const struct principal *principal; /* &who once authenticated, else NULL */
+	struct principal who;
 	uint64_t start_ns;
 	char id[REQ_ID_MAX + 1]; /* request id: log lines carry req=, answers X-Request-Id */
 
@@ -134,6 +151,15 @@ struct req {
 
 	struct follower *follower; /* GET .../log?follow */
 	struct upload *upload;     /* PUT .../artifacts/... */
+
+	/* The call's audit record (ROUTE_AUDIT routes; http.c, audit.c). */
+	struct store_audit audit;
+	struct store_mut audit_mut; /* when written on its own */
+	char *audit_target;
+	int64_t audit_org; /* -1: the caller's org */
+	bool audit_attached; /* carried by a mutation of the handler */
+	bool audit_written;  /* committed: the answer may go */
+	char source[64];     /* the client's address */
 };
 
 /* Per TCP connection: for the header/body deadlines. */
@@ -162,12 +188,23 @@ int req_query_int(struct req *r, const char *key, int64_t min, int64_t max, int6
 		  int64_t *ret);
 /* Parses params[i] as a positive id; answers 404 and returns -EINVAL if not. */
 int req_param_id(struct req *r, size_t i, const char *what, int64_t *ret);
+/*
+ * Queues the handler's mutation m; on an audited route the call's audit
+ * record rides along, written in the same transaction with m's outcome
+ * (status_ok if it applies). Returns m's sequence number.
+ */
+uint64_t req_submit(struct req *r, struct store_mut *m, int status_ok);
+/* What the call acts on, for its audit record ("job 12", "secret NPM_TOKEN"). */
+void req_audit_target(struct req *r, const char *fmt, ...) KILN_PRINTF(2, 3);
+/* The org the audit record is filed under (default: the caller's). */
+void req_audit_org(struct req *r, int64_t org_id);
 
 /* ---- scheduler ------------------------------------------------------------ */
 
 /* Jobs with the same requirements share a class (and one priority queue). */
 struct sclass {
 	char *key;
+	int64_t org_id; /* classes are per org: jobs of one org share a heap */
 	char **labels; /* lower-case, sorted, without gpu-count:N */
 	size_t n_labels;
 	struct proto_capacity needs; /* slots 1 */
@@ -181,6 +218,7 @@ struct sclass {
 
 struct sjob {
 	int64_t id;
+	int64_t org_id;
 	char *name;
 	int64_t priority;
 	struct sclass *cls;
@@ -211,6 +249,7 @@ struct revoked {
 
 struct sagent {
 	int64_t id;
+	int64_t org_id; /* the org whose pool it serves; 0 = the shared pool */
 	char *name;
 	char **labels; /* lower-case */
 	size_t n_labels;
@@ -251,6 +290,24 @@ struct follower {
 	struct follower *prev, *next;
 };
 
+/* ---- tenancy ------------------------------------------------------------- */
+
+/* An org in memory (under server.lock): its name and scheduling counters. */
+struct sorg {
+	int64_t id;
+	char *name;
+	int64_t max_running; /* 0 = the server's default */
+	int64_t running;     /* leased + running jobs */
+	struct sorg *next;
+};
+
+/* A token in memory (access.c, under server.auth_lock). */
+struct stoken {
+	struct proto_token t;
+	uint64_t touched_ms; /* last_used_at last written to the store */
+	struct stoken *hnext;
+};
+
 /* ---- the server ----------------------------------------------------------- */
 
 struct server {
@@ -283,6 +340,16 @@ struct server {
 	struct follower *followers;
 	struct conn_info *conns;
 
+	/* tenancy */
+	struct sorg *orgs;            /* under lock */
+	int64_t rr_org;               /* fairness: the org served last */
+	pthread_mutex_t auth_lock;    /* the token table */
+	struct stoken **tokens_tab;
+	size_t tokens_tab_size, n_tokens;
+	char *bootstrap_token_path;   /* written at this start, or NULL */
+	pthread_mutex_t keys_lock;    /* keyring, data keys */
+	struct keyring *keys;
+
 	pthread_t timer;
 	pthread_cond_t timer_cond;
 	bool timer_running;
@@ -299,11 +366,13 @@ int sched_load(struct server *s, struct kiln_err *err);
 void sched_free(struct server *s);
 struct sjob *sched_job(struct server *s, int64_t id);
 struct sagent *sched_agent(struct server *s, int64_t id);
-struct sagent *sched_agent_by_name(struct server *s, const char *name);
+/* The agent of this pool (org id; 0 = shared) with this name. */
+struct sagent *sched_agent_by_name(struct server *s, int64_t org_id, const char *name);
 /* Creates the in-memory job (queued) and dispatches it to a waiter. */
-struct sjob *sched_add_job(struct server *s, int64_t id, const char *name, int64_t priority,
-			   const char *runs_on, const struct proto_capacity *needs,
-			   int64_t max_attempts, uint64_t timeout_ms);
+struct sjob *sched_add_job(struct server *s, int64_t id, int64_t org_id, const char *name,
+			   int64_t priority, const char *runs_on,
+			   const struct proto_capacity *needs, int64_t max_attempts,
+			   uint64_t timeout_ms);
 void sched_dispatch(struct server *s, struct sjob *j);
 /* Grants a lease of j to a's waiting request r (enqueues the lease). */
 void sched_grant(struct server *s, struct sjob *j, struct sagent *a, struct req *r);
@@ -412,6 +481,75 @@ int req_window(struct req *r, uint64_t default_ms, struct store_window *ret);
 void h_usage(struct req *r);
 /* stats.c: GET /v1/stats (docs/stats.md) */
 void h_stats(struct req *r);
+
+/* access.c: tokens, principals, route permissions */
+int access_init(struct server *s, struct kiln_err *err);
+void access_free(struct server *s);
+/* Authenticates r and checks its route's permission; answers 401/403 itself. */
+int access_check(struct req *r);
+/* May the caller see objects of this org? (admin: every org) */
+bool access_org_visible(const struct req *r, int64_t org_id);
+/*
+ * ROUTE_JOB routes: may the caller write to job (id, fence)? A job token
+ * must be the one of that very lease; admin may. Answers 403 itself.
+ */
+int access_job_write(struct req *r, int64_t job_id, int64_t fence);
+/*
+ * Does job id exist and may the caller see it? 0, else answers 404 (also
+ * for a job of another org: no existence leak) or 500 and returns < 0.
+ */
+int access_job_visible(struct req *r, int64_t id);
+/* May the caller act as agent a (lease, heartbeat, release)? */
+bool access_agent_ok(const struct req *r, const struct sagent *a);
+/*
+ * The org a call acts in: ?org=NAME (admins: any org; others: their own) or
+ * the caller's own. Answers 404 itself for an org it may not use.
+ */
+int access_target_org(struct req *r, const char *name, int64_t *ret);
+/* Mints a token (durable before it returns; not from a store callback). */
+int access_mint(struct server *s, enum proto_role role, int64_t org_id, const char *name,
+		int64_t created_by, uint64_t expires_at, char **ret_token, int64_t *ret_id,
+		struct kiln_err *err);
+/* Adds a token row to the table (after its commit). Takes auth_lock. */
+void access_token_add(struct server *s, const struct proto_token *t);
+/* Marks a token revoked in the table (at once: before the store has it). */
+void access_token_revoked(struct server *s, int64_t id, uint64_t at);
+
+/* orgs (tenancy.c), under lock */
+struct sorg *org_get(struct server *s, int64_t id);
+struct sorg *org_by_name(struct server *s, const char *name);
+struct sorg *org_add(struct server *s, const struct proto_org *o);
+/* The org's name (or "?"); under lock. */
+const char *org_name(struct server *s, int64_t id);
+void orgs_free(struct server *s);
+void h_orgs_list(struct req *r);
+void h_orgs_create(struct req *r);
+void h_tokens_list(struct req *r);
+void h_tokens_create(struct req *r);
+void h_tokens_revoke(struct req *r);
+void h_whoami(struct req *r);
+void h_admin_rotate_key(struct req *r);
+
+/* keys.c: the master keyring, the server's own key and the orgs' data keys */
+int keys_init(struct server *s, struct kiln_err *err);
+void keys_free(struct server *s);
+/* The job-token key (derived from the server's own data key). */
+const uint8_t *keys_job_key(struct server *s);
+/*
+ * The data key of an org into ret (32 bytes). create: make one if the org
+ * has none (queued to the store before anything sealed with it). -ENOENT.
+ */
+int keys_org_dek(struct server *s, int64_t org_id, bool create, uint8_t ret[32]);
+/* The org field of a sealed value's associated data ("org-<id>"). */
+void keys_secret_ad_org(int64_t org_id, char out[32]);
+const char *keys_master_id(struct server *s);
+/*
+ * Re-wraps every data key under a new master key (new_key_text, or a
+ * generated one when the current key is file-backed); durable when it
+ * returns. ret_id: the new key's id; ret_n: keys re-wrapped.
+ */
+int keys_rotate(struct server *s, const char *new_key_text, char ret_id[17], int64_t *ret_n,
+		struct kiln_err *err);
 
 /* artifacts.c */
 void upload_free(struct upload *u);

@@ -9,6 +9,7 @@
  *   artifacts/blobs/aa/<sha256>, artifacts/tmp/   artifact content
  */
 #include "server-internal.h"
+#include "auth/auth.h"
 
 #include <fcntl.h>
 #include <sodium.h>
@@ -46,41 +47,54 @@ void server_config_init(struct server_config *c)
 		.on_data = d, .stats = &(struct route_stats){0}                                 \
 	}
 
+#define AGENT ROUTE_AGENT
+#define JOB ROUTE_JOB
+#define READ ROUTE_READ
+#define WRITE (ROUTE_WRITE | ROUTE_AUDIT)
+#define OWNER (ROUTE_OWNER | ROUTE_AUDIT)
+#define ADMIN (ROUTE_ADMIN | ROUTE_AUDIT)
+
 const struct route server_routes[] = {
 	R("GET", "/healthz", "healthz", BODY_NONE, ROUTE_PUBLIC, h_healthz, NULL),
-	R("GET", "/readyz", "readyz", BODY_NONE, ROUTE_PUBLIC, h_readyz, NULL),
+	R("GET", "/readyz", "readyz", BODY_NONE, ROUTE_ANY, h_readyz, NULL),
 	R("GET", "/metrics", "metrics", BODY_NONE, ROUTE_METRICS, h_metrics, NULL),
-	R("POST", "/v1/jobs", "jobs.submit", BODY_TEXT, 0, h_jobs_submit, NULL),
-	R("GET", "/v1/jobs", "jobs.list", BODY_NONE, 0, h_jobs_list, NULL),
-	R("GET", "/v1/jobs/{id}", "jobs.get", BODY_NONE, 0, h_jobs_get, NULL),
-	R("POST", "/v1/jobs/{id}/cancel", "jobs.cancel", BODY_NONE, 0, h_jobs_cancel, NULL),
-	R("POST", "/v1/jobs/{id}/retry", "jobs.retry", BODY_NONE, 0, h_jobs_retry, NULL),
-	R("POST", "/v1/jobs/{id}/status", "jobs.status", BODY_JSON, ROUTE_AGENT, h_jobs_status,
-	  NULL),
-	R("POST", "/v1/jobs/{id}/complete", "jobs.complete", BODY_JSON, ROUTE_AGENT,
+	R("POST", "/v1/jobs", "jobs.submit", BODY_TEXT, WRITE, h_jobs_submit, NULL),
+	R("GET", "/v1/jobs", "jobs.list", BODY_NONE, READ, h_jobs_list, NULL),
+	R("GET", "/v1/jobs/{id}", "jobs.get", BODY_NONE, READ, h_jobs_get, NULL),
+	R("POST", "/v1/jobs/{id}/cancel", "jobs.cancel", BODY_NONE, WRITE, h_jobs_cancel, NULL),
+	R("POST", "/v1/jobs/{id}/retry", "jobs.retry", BODY_NONE, WRITE, h_jobs_retry, NULL),
+	R("POST", "/v1/jobs/{id}/status", "jobs.status", BODY_JSON, JOB, h_jobs_status, NULL),
+	R("POST", "/v1/jobs/{id}/complete", "jobs.complete", BODY_JSON, JOB | ROUTE_AUDIT,
 	  h_jobs_complete, NULL),
-	R("POST", "/v1/jobs/{id}/log", "jobs.log.append", BODY_LOG, ROUTE_AGENT, h_log_append,
+	R("POST", "/v1/jobs/{id}/log", "jobs.log.append", BODY_LOG, JOB, h_log_append, NULL),
+	R("GET", "/v1/jobs/{id}/log", "jobs.log.get", BODY_NONE, READ, h_log_get, NULL),
+	R("GET", "/v1/jobs/{id}/artifacts", "artifacts.list", BODY_NONE, READ, h_artifacts_list,
 	  NULL),
-	R("GET", "/v1/jobs/{id}/log", "jobs.log.get", BODY_NONE, 0, h_log_get, NULL),
-	R("GET", "/v1/jobs/{id}/artifacts", "artifacts.list", BODY_NONE, 0, h_artifacts_list,
-	  NULL),
-	R("PUT", "/v1/jobs/{id}/artifacts/{path*}", "artifacts.put", BODY_STREAM, ROUTE_AGENT,
-	  h_artifact_put, h_artifact_put_data),
-	R("GET", "/v1/jobs/{id}/artifacts/{path*}", "artifacts.get", BODY_NONE, 0,
+	R("PUT", "/v1/jobs/{id}/artifacts/{path*}", "artifacts.put", BODY_STREAM,
+	  JOB | ROUTE_AUDIT, h_artifact_put, h_artifact_put_data),
+	R("GET", "/v1/jobs/{id}/artifacts/{path*}", "artifacts.get", BODY_NONE, READ,
 	  h_artifact_get, NULL),
-	R("POST", "/v1/agents", "agents.register", BODY_JSON, ROUTE_AGENT, h_agents_register,
-	  NULL),
-	R("GET", "/v1/agents", "agents.list", BODY_NONE, 0, h_agents_list, NULL),
-	R("GET", "/v1/usage", "usage", BODY_NONE, 0, h_usage, NULL),
-	R("GET", "/v1/stats", "stats", BODY_NONE, 0, h_stats, NULL),
-	R("GET", "/v1/agents/{id}", "agents.get", BODY_NONE, 0, h_agents_get, NULL),
-	R("POST", "/v1/agents/{id}/drain", "agents.drain", BODY_JSON, 0, h_agents_drain, NULL),
-	R("POST", "/v1/agents/{id}/lease", "agents.lease", BODY_JSON, ROUTE_AGENT, h_agents_lease,
-	  NULL),
-	R("POST", "/v1/agents/{id}/heartbeat", "agents.heartbeat", BODY_JSON, ROUTE_AGENT,
+	R("POST", "/v1/agents", "agents.register", BODY_JSON, AGENT | ROUTE_AUDIT,
+	  h_agents_register, NULL),
+	R("GET", "/v1/agents", "agents.list", BODY_NONE, READ, h_agents_list, NULL),
+	R("GET", "/v1/usage", "usage", BODY_NONE, READ, h_usage, NULL),
+	R("GET", "/v1/stats", "stats", BODY_NONE, ROUTE_ADMIN, h_stats, NULL),
+	R("GET", "/v1/agents/{id}", "agents.get", BODY_NONE, READ, h_agents_get, NULL),
+	R("POST", "/v1/agents/{id}/drain", "agents.drain", BODY_JSON, OWNER, h_agents_drain, NULL),
+	R("POST", "/v1/agents/{id}/lease", "agents.lease", BODY_JSON, AGENT, h_agents_lease, NULL),
+	R("POST", "/v1/agents/{id}/heartbeat", "agents.heartbeat", BODY_JSON, AGENT,
 	  h_agents_heartbeat, NULL),
-	R("POST", "/v1/agents/{id}/release", "agents.release", BODY_JSON, ROUTE_AGENT,
+	R("POST", "/v1/agents/{id}/release", "agents.release", BODY_JSON, AGENT | ROUTE_AUDIT,
 	  h_agents_release, NULL),
+	R("GET", "/v1/whoami", "whoami", BODY_NONE, ROUTE_ANY, h_whoami, NULL),
+	R("GET", "/v1/orgs", "orgs.list", BODY_NONE, READ, h_orgs_list, NULL),
+	R("POST", "/v1/orgs", "orgs.create", BODY_JSON, ADMIN, h_orgs_create, NULL),
+	R("GET", "/v1/tokens", "tokens.list", BODY_NONE, ROUTE_OWNER, h_tokens_list, NULL),
+	R("POST", "/v1/tokens", "tokens.create", BODY_JSON, OWNER, h_tokens_create, NULL),
+	R("POST", "/v1/tokens/{id}/revoke", "tokens.revoke", BODY_NONE, OWNER, h_tokens_revoke,
+	  NULL),
+	R("POST", "/v1/admin/rotate-key", "admin.rotate_key", BODY_JSON, ADMIN, h_admin_rotate_key,
+	  NULL),
 };
 const size_t server_routes_count = ARRAY_SIZE(server_routes);
 
@@ -163,7 +177,7 @@ int server_new(const struct server_config *c, struct server **ret, struct kiln_e
 	int r = check_config(c, err);
 	if (r < 0)
 		return r;
-	if (sodium_init() < 0)
+	if (auth_init() < 0)
 		return kiln_err_set(err, -EIO, "libsodium failed to initialise");
 	struct server *s = xcalloc(1, sizeof(*s));
 	s->cfg = *c;
@@ -176,6 +190,8 @@ int server_new(const struct server_config *c, struct server **ret, struct kiln_e
 	s->blobs_dir = path_join(s->state_dir, "artifacts/blobs");
 	s->tmp_dir = path_join(s->state_dir, "artifacts/tmp");
 	pthread_mutex_init(&s->lock, NULL);
+	pthread_mutex_init(&s->auth_lock, NULL);
+	pthread_mutex_init(&s->keys_lock, NULL);
 	pthread_condattr_t ca;
 	pthread_condattr_init(&ca);
 	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
@@ -195,6 +211,12 @@ int server_new(const struct server_config *c, struct server **ret, struct kiln_e
 		so.durable = c->durable;
 		r = store_open(url, &so, &s->store, err);
 	}
+	/* Orgs before jobs (the scheduler counts each org's running jobs);
+	 * keys before leases (job tokens). */
+	if (r >= 0)
+		r = keys_init(s, err);
+	if (r >= 0)
+		r = access_init(s, err);
 	if (r >= 0)
 		r = sched_load(s, err);
 	if (r < 0) {
@@ -251,9 +273,14 @@ void server_free(struct server *s)
 	store_close(s->store);
 	sched_free(s);
 	obs_free(s);
+	orgs_free(s);
+	access_free(s);
+	keys_free(s);
 	if (s->lock_fd >= 0)
 		close(s->lock_fd);
 	pthread_mutex_destroy(&s->lock);
+	pthread_mutex_destroy(&s->auth_lock);
+	pthread_mutex_destroy(&s->keys_lock);
 	pthread_cond_destroy(&s->timer_cond);
 	free(s->listen);
 	free(s->state_dir);

@@ -35,6 +35,12 @@ struct server_config {
 	unsigned body_timeout_ms;    /* a JSON body must arrive within (30 s) */
 	unsigned idle_timeout_s;     /* idle keep-alive connections are closed (60 s) */
 	unsigned threads;            /* HTTP threads (1) */
+	/* Secrets: the master key wraps every org's data key. From this file,
+	 * else from master_key (text: 64 hex or base64; $KILN_MASTER_KEY in the
+	 * CLI), else <state_dir>/master.key, generated (0600) on first start. */
+	const char *master_key_file;
+	const char *master_key;
+	int64_t max_running_per_org; /* leased + running jobs per org; 0 = no cap */
 };
 
 /* Fills the defaults above. */
@@ -52,6 +58,27 @@ const char *server_address(const struct server *s);
 /* Stops serving; idempotent. */
 void server_stop(struct server *s);
 void server_free(struct server *s);
+
+/*
+ * Tokens (docs/decisions: auth model, bootstrap). On the first start of a
+ * state directory whose store has no token, server_new() mints an admin
+ * token and writes it, alone on one line, to <state_dir>/admin.token (0600);
+ * the token itself is never logged.
+ *
+ * server_admin_token() mints another admin token in the default org, durable
+ * when it returns (`kiln up` writes one to the client config); *ret is the
+ * token, shown only here: the store keeps its hash. The caller frees it.
+ */
+int server_admin_token(struct server *s, const char *name, char **ret, struct kiln_err *err);
+/* <state_dir>/admin.token when this start wrote it, else NULL. */
+const char *server_bootstrap_token_path(const struct server *s);
+/*
+ * The same without a running server: opens the store of state_dir (or
+ * store_url) directly (safe while a server runs on it: the server finds the
+ * new token on its first use). For `kiln admin token`.
+ */
+int server_mint_admin_token(const char *state_dir, const char *store_url, const char *name,
+			    char **ret, struct kiln_err *err);
 
 /* Prints "METHOD PATH" for every route (for docs/api.yaml checks). */
 void server_print_routes(FILE *f);

@@ -158,6 +158,17 @@ void h_usage(struct req *r)
 	struct store_window w;
 	if (req_window(r, 30ULL * 24 * 3600 * 1000, &w) < 0)
 		return;
+	/* Non-admins see their own org's usage only. */
+	_cleanup_free_ char *own = NULL;
+	if (r->who.role != ROLE_ADMIN) {
+		int64_t org_id;
+		if (access_target_org(r, w.org, &org_id) < 0)
+			return;
+		pthread_mutex_lock(&r->srv->lock);
+		own = xstrdup(org_name(r->srv, org_id));
+		pthread_mutex_unlock(&r->srv->lock);
+		w.org = own;
+	}
 	struct store_usage_row *rows = NULL;
 	size_t n = 0;
 	int rc = store_usage(r->srv->store, &w, &rows, &n);

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import time
 
+import kilnapi
 import kilntest
 from kilnapi import Server, wait_for
 
@@ -30,8 +31,10 @@ def skip_reason():
 class Agent:
     """A `kiln agent` process with its own state directory."""
 
-    def __init__(self, server_addr, state_dir, name, args=(), cgroup_parent=None):
+    def __init__(self, server_addr, state_dir, name, args=(), cgroup_parent=None, token=None):
         self.server_addr = server_addr
+        # Given as KILN_TOKEN, as a user would; by default the server's admin token.
+        self.token = token if token is not None else kilnapi.TOKENS.get(server_addr)
         self.state_dir = state_dir
         self.name = name
         self.cgroup_parent = cgroup_parent
@@ -46,6 +49,8 @@ class Agent:
                self.state_dir, "--name", self.name] + self.args
         env = dict(os.environ)
         env.setdefault("KILN_INIT", kilntest.KILN_INIT)
+        if self.token:
+            env["KILN_TOKEN"] = self.token
         self.log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=self.log, env=env)
         if api is not None:
@@ -194,8 +199,12 @@ class JobCase(kilntest.TempDirTestCase):
         # Each agent's sandboxes under a cgroup parent of its own, so the
         # test can find them (and remove the parent afterwards).
         parent = f"/kiln-systest-{os.getpid()}-{os.path.basename(self.tmp)}-{name}"
+        if not getattr(self, "agent_token", None):
+            # A shared-pool agent token, minted with the admin token.
+            self.agent_token = self.server.mint("agent", shared=True, name="test agents")[0]
         a = Agent(self.server.addr, os.path.join(self.tmp, "agent-" + name), name,
-                  list(self.agent_args if args is None else args), cgroup_parent=parent)
+                  list(self.agent_args if args is None else args), cgroup_parent=parent,
+                  token=self.agent_token)
         self.addCleanup(remove_cgroup_parent, parent)
         a.start(self.api if register else None)
         self.agents.append(a)

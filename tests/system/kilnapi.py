@@ -4,6 +4,11 @@ docs/internals/server.md, nothing else).
 
 Python stdlib only. Every server binds 127.0.0.1:0 and reports its port
 through --addr-file; every process started here is stopped by its PID.
+
+Tokens: a server writes its first admin token to <state>/admin.token on its
+first start; Server.start() reads it, and every Client of that address sends
+it unless given another (token="" sends none). FakeAgent uses the job token
+each lease carries for that lease's writes, as a real agent does.
 """
 import http.client
 import json
@@ -13,6 +18,15 @@ import subprocess
 import time
 
 import kilntest
+
+# address -> the admin token of the server listening there (set by Server.start)
+TOKENS = {}
+
+
+def admin_token(state_dir):
+    """The first admin token a server wrote to its state directory."""
+    with open(os.path.join(state_dir, "admin.token")) as f:
+        return f.read().strip()
 
 
 class ApiError(Exception):
@@ -25,9 +39,10 @@ class ApiError(Exception):
 class Client:
     """One keep-alive HTTP connection to the server (reconnects on failure)."""
 
-    def __init__(self, addr, timeout=30):
+    def __init__(self, addr, timeout=30, token=None):
         host, port = addr.rsplit(":", 1)
         self.host, self.port, self.timeout = host, int(port), timeout
+        self.token = TOKENS.get(addr) if token is None else token
         self.conn = None
 
     def close(self):
@@ -41,6 +56,9 @@ class Client:
             body = json.dumps(body).encode()
         elif isinstance(body, str):
             body = body.encode()
+        headers = dict(headers or {})
+        if self.token and not any(k.lower() == "authorization" for k in headers):
+            headers["Authorization"] = "Bearer " + self.token
         for attempt in range(2):
             if self.conn is None:
                 self.conn = http.client.HTTPConnection(self.host, self.port,
@@ -50,7 +68,7 @@ class Client:
                 if self.conn.sock:
                     self.conn.sock.settimeout(timeout)
             try:
-                self.conn.request(method, path, body=body, headers=headers or {})
+                self.conn.request(method, path, body=body, headers=headers)
                 resp = self.conn.getresponse()
                 data = resp.read()
                 hdrs = {k.lower(): v for k, v in resp.getheaders()}
@@ -90,6 +108,7 @@ class Server:
         self.addr = None
         self.port = 0
         self.log_path = os.path.join(state_dir + ".log")
+        self.token = None
 
     def start(self, timeout=30):
         addr_file = self.state_dir + ".addr"
@@ -113,6 +132,8 @@ class Server:
                     self.addr = f.read().strip()
                 if self.addr:
                     self.port = int(self.addr.rsplit(":", 1)[1])
+                    self.token = admin_token(self.state_dir)
+                    TOKENS[self.addr] = self.token
                     return self
             time.sleep(0.02)
         raise AssertionError("kiln server did not start")
@@ -125,7 +146,30 @@ class Server:
             return ""
 
     def client(self, **kw):
+        kw.setdefault("token", self.token)
         return Client(self.addr, **kw)
+
+    def mint(self, role, org=None, name=None, shared=False, **kw):
+        """Creates a token with the admin token; returns (token, id)."""
+        c = self.client()
+        try:
+            body = {"role": role, "shared": shared, **kw}
+            if org:
+                body["org"] = org
+            if name:
+                body["name"] = name
+            ans = c.ok("POST", "/v1/tokens", body)
+            return ans["token"], ans["id"]
+        finally:
+            c.close()
+
+    def org(self, name):
+        """Creates an org with the admin token; returns its id."""
+        c = self.client()
+        try:
+            return c.ok("POST", "/v1/orgs", {"name": name})["id"]
+        finally:
+            c.close()
 
     def stop(self, timeout=20):
         """SIGTERM, then SIGKILL; returns the exit status."""
@@ -161,19 +205,28 @@ class FakeAgent:
     """Speaks the agent protocol: register, lease, status, log, artifact,
     heartbeat, complete. Records every answer so tests can check them."""
 
-    def __init__(self, addr, name, labels=("linux",), capacity=None):
-        self.c = Client(addr, timeout=90)
+    def __init__(self, addr, name, labels=("linux",), capacity=None, token=None, pool=None):
+        self.c = Client(addr, timeout=90, token=token)
         self.name = name
         self.labels = list(labels)
         self.capacity = capacity or {"slots": 4}
+        self.pool = pool
         self.id = None
+        self.job_tokens = {}  # (job, fence) -> the lease's job token
+
+    def job_auth(self, job, fence):
+        """The lease's own token for writes to (job, fence); else the agent's."""
+        tok = self.job_tokens.get((job, fence))
+        return {"Authorization": "Bearer " + tok} if tok else {}
 
     def close(self):
         self.c.close()
 
     def register(self):
-        body = self.c.ok("POST", "/v1/agents",
-                         {"name": self.name, "labels": self.labels, "capacity": self.capacity})
+        req = {"name": self.name, "labels": self.labels, "capacity": self.capacity}
+        if self.pool:
+            req["pool"] = self.pool
+        body = self.c.ok("POST", "/v1/agents", req)
         self.id = body["id"]
         return body
 
@@ -185,22 +238,26 @@ class FakeAgent:
             return None
         if status != 200:
             raise ApiError(status, body)
+        self.job_tokens[(body["job"]["id"], body["fence"])] = body["token"]
         return body
 
     def status(self, job, fence, state="running"):
-        return self.c.call("POST", f"/v1/jobs/{job}/status", {"fence": fence, "state": state})
+        return self.c.call("POST", f"/v1/jobs/{job}/status", {"fence": fence, "state": state},
+                           headers=self.job_auth(job, fence))
 
     def log(self, job, fence, offset, data):
         if isinstance(data, str):
             data = data.encode()
         status, _, body = self.c.raw("POST", f"/v1/jobs/{job}/log?fence={fence}&offset={offset}",
-                                     data, {"Content-Type": "application/octet-stream"})
+                                     data, {"Content-Type": "application/octet-stream",
+                                            **self.job_auth(job, fence)})
         return status, json.loads(body) if body else None
 
     def artifact(self, job, fence, path, data, sha256=None):
         q = f"?fence={fence}" + (f"&sha256={sha256}" if sha256 else "")
         status, _, body = self.c.raw("PUT", f"/v1/jobs/{job}/artifacts/{path}{q}", data,
-                                     {"Content-Type": "application/octet-stream"})
+                                     {"Content-Type": "application/octet-stream",
+                                      **self.job_auth(job, fence)})
         return status, json.loads(body) if body else None
 
     def heartbeat(self, jobs):
@@ -211,7 +268,8 @@ class FakeAgent:
         body = {"fence": fence, "state": state, "exit_code": exit_code}
         if message is not None:
             body["message"] = message
-        return self.c.call("POST", f"/v1/jobs/{job}/complete", body)
+        return self.c.call("POST", f"/v1/jobs/{job}/complete", body,
+                           headers=self.job_auth(job, fence))
 
 
 def wait_for(pred, timeout=30, interval=0.05, what="condition"):

@@ -5,6 +5,8 @@ import shutil
 import subprocess
 import urllib.request
 
+import kilnapi
+
 PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
 
 _SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(.*)\})? (\S+)$')
@@ -13,7 +15,10 @@ _LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
 
 def fetch(addr, path="/metrics", headers=None):
     """Returns (status, content type, text) of GET http://addr/path."""
-    req = urllib.request.Request(f"http://{addr}{path}", headers=headers or {})
+    headers = dict(headers or {})
+    if "Authorization" not in headers and kilnapi.TOKENS.get(addr):
+        headers["Authorization"] = "Bearer " + kilnapi.TOKENS[addr]
+    req = urllib.request.Request(f"http://{addr}{path}", headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=30) as resp:
             return resp.status, resp.headers.get("Content-Type"), resp.read().decode()

@@ -85,16 +85,19 @@ class ArtifactTest(kilntest.TempDirTestCase):
         self.assertEqual(body["error"]["code"], "sha256_mismatch")
         status, body = self.agent.artifact(jid, fence, "x.bin", b"abc", sha256="xyz")
         self.assertEqual(status, 400)
+        tok = self.agent.job_tokens[(jid, fence)].encode()
         # Too large by its Content-Length: refused before any of it is sent.
         with socket.create_connection(("127.0.0.1", self.server.port), timeout=20) as s:
             s.sendall(b"PUT /v1/jobs/%d/artifacts/big.bin?fence=%d HTTP/1.1\r\nHost: x\r\n"
-                      b"Content-Length: %d\r\n\r\n" % (jid, fence, 2 << 20))
+                      b"Authorization: Bearer %s\r\n"
+                      b"Content-Length: %d\r\n\r\n" % (jid, fence, tok, 2 << 20))
             data = s.recv(65536)
         self.assertTrue(data.startswith(b"HTTP/1.1 413"), data[:200])
         # Chunked upload past the limit: read and dropped, then refused.
         with socket.create_connection(("127.0.0.1", self.server.port), timeout=20) as s:
             s.sendall(b"PUT /v1/jobs/%d/artifacts/c.bin?fence=%d HTTP/1.1\r\nHost: x\r\n"
-                      b"Transfer-Encoding: chunked\r\n\r\n" % (jid, fence))
+                      b"Authorization: Bearer %s\r\n"
+                      b"Transfer-Encoding: chunked\r\n\r\n" % (jid, fence, tok))
             chunk = b"c" * 65536
             for _ in range(24):
                 s.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))

@@ -21,7 +21,8 @@ class ClientCase(kilntest.TempDirTestCase):
         super().setUp()
         self.server = Server(os.path.join(self.tmp, "state")).start()
         self.addCleanup(self.stop_server)
-        self.env = {"KILN_ADDR": self.server.addr, "XDG_CONFIG_HOME": os.path.join(self.tmp, "cfg")}
+        self.env = {"KILN_ADDR": self.server.addr, "KILN_TOKEN": self.server.token,
+                    "XDG_CONFIG_HOME": os.path.join(self.tmp, "cfg")}
         self.api = self.server.client()
         self.addCleanup(self.api.close)
 
@@ -140,7 +141,6 @@ class GetTest(ClientCase):
 
     def test_watch_redraws_on_change(self):
         env = dict(os.environ, **self.env)
-        env.pop("KILN_TOKEN", None)
         p = subprocess.Popen([kilntest.KILN, "get", "jobs", "--watch"], stdout=subprocess.PIPE,
                              text=True, env=env)
         self.addCleanup(p.wait, 10)
@@ -231,9 +231,10 @@ class ConfigTest(ClientCase):
         cfg = os.path.join(self.tmp, "cfg", "kiln")
         os.makedirs(cfg)
         with open(os.path.join(cfg, "config"), "w") as f:
-            f.write(f"# written by hand\nserver = http://{self.server.addr}\ntoken = from-file\n")
+            f.write(f"# written by hand\nserver = http://{self.server.addr}\n"
+                    f"token = {self.server.token}\n")
         # The config file alone.
-        r = self.kiln("get", "agents", env={"KILN_ADDR": ""})
+        r = self.kiln("get", "agents", env={"KILN_ADDR": "", "KILN_TOKEN": ""})
         self.assertEqual(r.returncode, 0, r.stderr)
         # The environment wins over the file, a flag over both.
         r = self.kiln("get", "agents", env={"KILN_ADDR": "127.0.0.1:1"})

@@ -27,8 +27,9 @@ TRANSPORT_ERRORS = (OSError, http.client.HTTPException)
 class Conn:
     """One HTTP connection that reconnects after any transport error."""
 
-    def __init__(self, port):
+    def __init__(self, port, token=None):
         self.port = port
+        self.headers = {"Authorization": "Bearer " + token} if token else {}
         self.c = None
 
     def close(self):
@@ -41,7 +42,8 @@ class Conn:
         if self.c is None:
             self.c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
         try:
-            self.c.request(method, path, body=json.dumps(body) if isinstance(body, dict) else body)
+            self.c.request(method, path, body=json.dumps(body) if isinstance(body, dict) else body,
+                           headers=self.headers)
             r = self.c.getresponse()
             data = r.read()
             return r.status, (json.loads(data) if data else None)
@@ -66,7 +68,7 @@ class CrashTest(kilntest.TempDirTestCase):
         errors = []
 
         def producer(n):
-            c = Conn(port)
+            c = Conn(port, server.token)
             spec = {"name": f"crash-{n}", "runs-on": ["linux"], "retries": 10,
                     "steps": [{"run": "true"}]}
             while not stop_producing.is_set():
@@ -92,7 +94,7 @@ class CrashTest(kilntest.TempDirTestCase):
             return None, None
 
         def agent(n):
-            c = Conn(port)
+            c = Conn(port, server.token)
             status, body = call_until_answered(c, "POST", "/v1/agents",
                                                {"name": f"agent-{n}", "labels": ["linux"],
                                                 "capacity": {"slots": 1}})
@@ -135,7 +137,7 @@ class CrashTest(kilntest.TempDirTestCase):
             while len(accepted) < MIN_JOBS and time.monotonic() < deadline:
                 time.sleep(0.2)
             stop_producing.set()
-            api = Conn(port)
+            api = Conn(port, server.token)
             def pending():
                 _, body = api.call("GET", "/v1/jobs?state=queued,leased,running&limit=1")
                 return body["jobs"]
@@ -155,7 +157,7 @@ class CrashTest(kilntest.TempDirTestCase):
         self.assertGreaterEqual(len(accepted), MIN_JOBS)
 
         # Every accepted job exists and ended; none has two accepted results.
-        api = Conn(port)
+        api = Conn(port, server.token)
         self.addCleanup(api.close)
         lost, states = [], {}
         for jid in sorted(accepted):

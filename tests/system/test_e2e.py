@@ -13,7 +13,7 @@ import time
 
 import kilntest
 from kilnagent import Agent, JobCase, cgroup_pids, job, markers, remove_cgroup_parent
-from kilnapi import Client, wait_for
+from kilnapi import Client, admin_token, wait_for
 
 N_JOBS = int(os.environ.get("KILN_E2E_JOBS", "100"))
 
@@ -123,7 +123,8 @@ class UpManyJobsTest(kilntest.TempDirTestCase):
                  what="kiln up")
         self.assertIsNone(p.poll())
         with open(addr_file) as f:
-            api = Client(f.read().strip(), timeout=120)
+            api = Client(f.read().strip(), timeout=120,
+                         token=admin_token(os.path.join(self.tmp, "state")))
         self.addCleanup(api.close)
         ids = submit_many(self, api, N_JOBS)
         wait_all(api, ids)

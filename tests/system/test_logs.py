@@ -89,6 +89,7 @@ class FollowTest(LogCase):
         """Reads a follow stream to its end in a thread; returns the thread."""
         conn = http.client.HTTPConnection("127.0.0.1", self.server.port, timeout=60)
         headers = {"Accept": "text/event-stream"} if sse else {}
+        headers["Authorization"] = "Bearer " + self.server.token
         conn.request("GET", f"/v1/jobs/{jid}/log?follow=1{query}", headers=headers)
         resp = conn.getresponse()
         self.assertEqual(resp.status, 200)

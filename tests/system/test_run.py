@@ -12,7 +12,7 @@ import time
 
 import kilntest
 from kilnagent import skip_reason
-from kilnapi import Client, wait_for
+from kilnapi import Client, admin_token, wait_for
 
 
 class RunCase(kilntest.TempDirTestCase):
@@ -156,6 +156,7 @@ class UpTest(RunCase):
         wait_for(lambda: os.path.exists(addr_file) or p.poll() is not None, timeout=60,
                  what="kiln up")
         self.assertIsNone(p.poll(), self.read_log())
+        self.token = admin_token(state)
         with open(addr_file) as f:
             return p, f.read().strip()
 
@@ -191,7 +192,11 @@ class UpTest(RunCase):
             text = f.read()
         self.assertIn(f"server = http://{addr}\n", text)
         self.assertIn("# mine\n", text)
-        self.assertIn("token = kiln_pat_x\n", text)
+        # The server's admin token replaces the old one (the file is 0600).
+        self.assertIn(f"token = {self.token}\n", text)
+        self.assertNotIn("token = kiln_pat_x\n", text)
+        self.assertEqual(os.stat(cfg).st_mode & 0o777, 0o600)
+        self.assertNotIn(self.token, self.read_log())
         self.assertNotIn("192.0.2.1", text)
         self.assertIn("kiln is up", self.read_log())
         # kiln commands on this machine use it with no flags.
@@ -199,7 +204,7 @@ class UpTest(RunCase):
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertIn("hello via up\n", r.stdout)
         self.assertIn("kiln logs 1", r.stderr)
-        api = Client(addr)
+        api = Client(addr, token=self.token)
         self.addCleanup(api.close)
         job = api.ok("GET", "/v1/jobs/1")
         self.assertEqual(job["state"], "succeeded")
@@ -217,7 +222,7 @@ class UpTest(RunCase):
         p, addr = self.start_up("--slots", "1", "--labels", "mine")
         cfg = os.path.join(self.tmp, "config", "kiln", "config")
         self.assertTrue(os.path.exists(cfg))
-        api = Client(addr)
+        api = Client(addr, token=self.token)
         self.addCleanup(api.close)
         agents = api.ok("GET", "/v1/agents")["agents"]
         self.assertEqual(len(agents), 1)

@@ -434,13 +434,15 @@ class ErrorsTest(ServerCase):
         # Announce 100 MiB and send none of it: the answer must come anyway.
         with socket.create_connection(("127.0.0.1", self.server.port), timeout=10) as s:
             s.sendall(b"POST /v1/jobs HTTP/1.1\r\nHost: x\r\nContent-Length: 104857600\r\n"
-                      b"Content-Type: application/json\r\n\r\n")
+                      b"Authorization: Bearer %s\r\n"
+                      b"Content-Type: application/json\r\n\r\n" % self.server.token.encode())
             data = s.recv(65536)
         self.assertTrue(data.startswith(b"HTTP/1.1 413"), data[:100])
         self.assertIn(b"body_too_large", data)
         # Chunked bodies are cut off when they pass the limit.
         with socket.create_connection(("127.0.0.1", self.server.port), timeout=10) as s:
-            s.sendall(b"POST /v1/jobs HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+            s.sendall(b"POST /v1/jobs HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+                      b"Authorization: Bearer %s\r\n\r\n" % self.server.token.encode())
             chunk = b"x" * 16384
             for _ in range(16):
                 s.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
@@ -449,7 +451,8 @@ class ErrorsTest(ServerCase):
         self.assertTrue(data.startswith(b"HTTP/1.1 413"), data[:100])
         # One that never ends is cut off (read and dropped, never stored).
         with socket.create_connection(("127.0.0.1", self.server.port), timeout=20) as s:
-            s.sendall(b"POST /v1/jobs HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+            s.sendall(b"POST /v1/jobs HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+                      b"Authorization: Bearer %s\r\n\r\n" % self.server.token.encode())
             chunk = b"y" * 65536
             with self.assertRaises((BrokenPipeError, ConnectionResetError)):
                 for _ in range(10000):

@@ -92,14 +92,14 @@ class FiguresTest(StatsCase):
         self.assertEqual(old["attempts"]["attempts"], 0)
         self.assertIsNone(old["duration_seconds"]["p50"])
 
-        out = kilntest.run(["stats", "--server", self.server.addr])
+        out = kilntest.run(["stats", "--server", self.server.addr, "--token", self.server.token])
         self.assertEqual(out.returncode, 0, out.stderr)
         for s in ("kiln performance report", "Jobs", "23 finished", "Duration", "p50 11.0s",
                   "10.0s  19.0s  20.0s",
                   "By label set and executor:", "gpu", "Agents:", "a1", "Now:",
                   "Recommendations:", "none: no rule fired."):
             self.assertIn(s, out.stdout)
-        out = kilntest.run(["stats", "--server", self.server.addr, "-o", "json"])
+        out = kilntest.run(["stats", "--server", self.server.addr, "--token", self.server.token, "-o", "json"])
         self.assertEqual(json.loads(out.stdout)["jobs"]["finished"], 23)
 
     def test_bad_parameters(self):
@@ -108,7 +108,7 @@ class FiguresTest(StatsCase):
             status, body = self.api.call("GET", "/v1/stats?" + q)
             self.assertEqual(status, 400, body)
             self.assertIn(word, body["error"]["message"])
-        out = kilntest.run(["stats", "--server", self.server.addr, "--since", "soon"])
+        out = kilntest.run(["stats", "--server", self.server.addr, "--token", self.server.token, "--since", "soon"])
         self.assertEqual(out.returncode, 1)
         out = kilntest.run(["stats", "-o", "yaml"])
         self.assertEqual(out.returncode, 2)
@@ -129,7 +129,7 @@ class RulesTest(StatsCase):
         self.assertIn("idle", rec["why"])
         # Under the threshold, nothing fires.
         self.assertNotIn("label-mismatch", self.rules(self.stats(wait_threshold="1h")))
-        out = kilntest.run(["stats", "--server", self.server.addr, "--wait-threshold", "0s"])
+        out = kilntest.run(["stats", "--server", self.server.addr, "--token", self.server.token, "--wait-threshold", "0s"])
         self.assertIn("[warning] label-mismatch:", out.stdout)
         self.assertIn("rule: jobs queued longer than the wait threshold", out.stdout)
 

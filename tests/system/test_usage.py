@@ -50,7 +50,8 @@ class UsageCase(kilntest.TempDirTestCase):
         return body
 
     def kiln(self, *args):
-        return kilntest.run(list(args) + ["--server", self.server.addr])
+        return kilntest.run(list(args) + ["--server", self.server.addr,
+                                          "--token", self.server.token])
 
 
 class UsageTest(UsageCase):
