@@ -71,6 +71,8 @@ char *url_escape_path(const char *s);
 
 /* ---- jobs (job.c, ship.c) --------------------------------------------------- */
 
+#define AGENT_SCRIPTS_DIR "/run/kiln" /* where a job's step scripts are, inside */
+
 /* Why a job is being stopped early (job.stop). */
 enum job_stop {
 	STOP_NONE,
@@ -91,8 +93,9 @@ struct job {
 	char *token;           /* the lease's job token: its writes (status, log, artifacts,
 				* complete) carry it; never given to the job */
 	char *dir;             /* <state>/jobs/<id>.<attempt> */
-	char *workspace;       /* dir/workspace */
-	char *scripts;         /* dir/scripts */
+	char *workspace;       /* dir/workspace, or a warm sandbox's */
+	char *scripts;         /* dir/scripts, or a warm sandbox's */
+	char *extra_dir;       /* the warm sandbox's directory (removed with the job) */
 	uint64_t leased_ns;
 
 	pthread_t runner, shipper;
@@ -111,7 +114,7 @@ struct job {
 	bool closed;        /* the runner appends nothing more */
 	bool ship_dead;     /* the shipper gave up (lease lost): appends are dropped */
 	bool last_nl;       /* the last byte appended was '\n' (or nothing yet) */
-	uint64_t last_send_ns;
+	uint64_t bucket_ns;  /* send budget: tokens = (now - bucket_ns) / interval, at most the burst */
 	/* lease renewal: monotonic time a successful renewal was sent */
 	_Atomic uint64_t renewed_ns;
 	atomic_bool done; /* the runner has finished (reaped by the lease loop) */
@@ -164,6 +167,14 @@ int shipper_finish(struct job *j);
 int copy_tree(const char *src, const char *dst, const char *skip, char *const *files,
 	      size_t n_files, struct kiln_err *err);
 
+/* pool.c: warm sandboxes (of the shape of the last job) */
+char *pool_key(const struct sandbox_config *c);
+int pool_start(struct agent *a, const struct sandbox_config *initial);
+/* Gives j a warm sandbox of c's shape (j->sb, workspace, scripts, extra_dir)
+ * if one is ready; in any case, the pool makes the next ones of that shape. */
+bool pool_take(struct agent *a, const struct sandbox_config *c, struct job *j);
+void pool_stop(struct agent *a);
+
 /* artifacts.c */
 /* Uploads the spec's artifacts from the workspace; appends a marker per problem. */
 int artifacts_upload(struct job *j, struct http *h);
@@ -204,6 +215,16 @@ struct agent {
 	struct http *lease_http, *hb_http;
 	pthread_t hb_thread;
 	bool hb_started;
+
+	/* warm sandboxes (pool.c), under lock */
+	struct warm **warm_v;
+	size_t n_warm;
+	uint64_t warm_seq;
+	char *want_key, *want_rootfs;
+	struct sandbox_config want_cfg;
+	pthread_cond_t pool_cond;
+	pthread_t pool_thread;
+	bool pool_started, pool_stop;
 };
 
 /* Re-registers after the server forgot this agent (404). */

@@ -29,6 +29,7 @@ void agent_config_init(struct agent_config *c)
 	memset(c, 0, sizeof(*c));
 	c->drain_timeout_ms = DRAIN_TIMEOUT_DEFAULT_MS;
 	c->lease_wait_ms = LEASE_WAIT_DEFAULT_MS;
+	c->warm = 1;
 }
 
 uint64_t backoff_ms(unsigned attempt)
@@ -443,6 +444,8 @@ static void start_job(struct agent *a, json_t *lease)
 	a->n_jobs++;
 	pthread_mutex_unlock(&a->lock);
 	int r = job_start(j);
+	log_debug("job set up job=%" PRId64 " since_lease_us=%" PRIu64, j->id,
+		  (uint64_t)((now_mono_ns() - j->leased_ns) / NSEC_PER_USEC));
 	if (r < 0) {
 		/* Not released (it would come straight back to us): failed, with why. */
 		log_error("cannot start a job job=%" PRId64 " error=\"%s\"", j->id, strerror(-r));
@@ -555,6 +558,14 @@ int agent_run(struct agent *a, struct kiln_err *err)
 	if (r < 0)
 		return kiln_err_set(err, r, "cannot start the heartbeat thread: %s", strerror(-r));
 	a->hb_started = true;
+	/* Warm sandboxes, first of the commonest shape: host root, no network,
+	 * no limits. */
+	struct sandbox_config initial = {.net = SANDBOX_NET_NONE, .state_dir = a->sandbox_dir,
+					 .cgroup_parent = a->cgroup_parent,
+					 .init_path = a->init_path};
+	r = pool_start(a, &initial);
+	if (r < 0)
+		log_warn("no warm sandboxes error=\"%s\"", strerror(-r));
 	lease_loop(a);
 	/* The last long-poll was cut off: have the server drop it, so that no
 	 * job is granted into it while running jobs finish. */
@@ -575,6 +586,7 @@ int agent_run(struct agent *a, struct kiln_err *err)
 	http_abort(a->hb_http);
 	pthread_join(a->hb_thread, NULL);
 	a->hb_started = false;
+	pool_stop(a);
 	log_info("agent stopped agent=%s", a->name);
 	return 0;
 }

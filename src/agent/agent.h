@@ -41,6 +41,9 @@ struct agent_config {
 	 * killed and released to the server (default 10 min). */
 	uint64_t drain_timeout_ms;
 	uint64_t lease_wait_ms; /* lease long-poll (default 30 s) */
+	/* Warm sandboxes kept ready, of the shape of the last job (default 1;
+	 * 0: none — every job creates its own). */
+	unsigned warm;
 	/* Sandboxes: NULL = defaults (see src/sandbox/sandbox.h). */
 	const char *cgroup_parent;
 	const char *init_path;

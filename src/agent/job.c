@@ -4,7 +4,9 @@
  *
  * A job's directory, <state>/jobs/<id>.<attempt>/, holds the spool (log),
  * the workspace (bound at /workspace) and the step scripts (bound read-only
- * at /run/kiln). It is removed when the job ends; what a crashed agent left
+ * at /run/kiln). Nothing in it is synced to disk: after a crash it is
+ * removed, and the server learns of the lost leases from the release-all
+ * at the next start (and from their expiry without one). It is removed when the job ends; what a crashed agent left
  * is removed by the next one at start.
  *
  * Ending: a job the agent ran to its end is completed (fenced) once the
@@ -89,6 +91,7 @@ void job_free(struct job *j)
 	free(j->dir);
 	free(j->workspace);
 	free(j->scripts);
+	free(j->extra_dir);
 	pthread_mutex_destroy(&j->lock);
 	pthread_cond_destroy(&j->cond);
 	free(j);
@@ -209,16 +212,9 @@ static void *runner_main(void *p)
 	struct http *h = http_new(a->base_url, j->token ? j->token : a->token);
 	struct job_outcome out = {.state = JOB_FAILED};
 	uint64_t t0 = now_mono_ns();
-	struct kiln_err err = {0};
 	if (!j->spec) {
 		spool_marker(j, "job failed: its spec is not valid: %s", j->spec_error);
 		out.message = xasprintf("kiln: the spec is not valid: %s", j->spec_error);
-		out.usage = json_object();
-		out.steps = json_array();
-	} else if (a->seed_dir && copy_tree(a->seed_dir, j->workspace, a->state_dir, a->seed_files,
-					    a->n_seed_files, &err) < 0) {
-		spool_marker(j, "job failed before it started: %s", err.msg);
-		out.message = xasprintf("kiln: %s", err.msg);
 		out.usage = json_object();
 		out.steps = json_array();
 	} else {
@@ -266,6 +262,8 @@ static void *runner_main(void *p)
 	outcome_release(&out);
 	http_free(h);
 	int rr = rm_rf(j->dir);
+	if (rr >= 0 && j->extra_dir)
+		rr = rm_rf(j->extra_dir);
 	if (rr < 0)
 		log_warn("cannot remove a job directory dir=%s error=\"%s\"", j->dir,
 			 strerror(-rr));
@@ -276,31 +274,13 @@ static void *runner_main(void *p)
 	return NULL;
 }
 
-static int write_lease_file(struct job *j)
-{
-	_cleanup_free_ char *p = path_join(j->dir, "lease.json");
-	_cleanup_free_ char *text = xasprintf("{\"job\":%" PRId64 ",\"fence\":%" PRId64
-					      ",\"attempt\":%" PRId64 ",\"server\":",
-					      j->id, j->fence, j->attempt);
-	struct buf b = BUF_INIT;
-	buf_puts(&b, text);
-	buf_put_json_string(&b, j->agent->base_url, strlen(j->agent->base_url));
-	buf_puts(&b, "}\n");
-	int r = write_file_atomic(p, b.data, b.len, 0600);
-	buf_release(&b);
-	return r;
-}
-
 int job_start(struct job *j)
 {
-	int r = mkdir_p(j->workspace, 0755);
-	if (r >= 0 && mkdir(j->scripts, 0755) < 0 && errno != EEXIST)
-		r = -errno;
+	/* The workspace and scripts come with the sandbox (run.c). */
+	int r = mkdir_p(j->dir, 0700);
 	/* The job directory itself stays private to the agent. */
 	if (r >= 0 && chmod(j->dir, 0700) < 0)
 		r = -errno;
-	if (r >= 0)
-		r = write_lease_file(j);
 	if (r >= 0)
 		r = spool_open(j);
 	if (r >= 0) {

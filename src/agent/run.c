@@ -24,7 +24,6 @@
 
 #define READ_CHUNK (64u << 10)
 #define PIPE_SIZE (1 << 20)
-#define SCRIPTS_DIR "/run/kiln"
 
 struct step_result {
 	int status;  /* shell-style: exit code or 128 + signal; -1: did not start */
@@ -75,8 +74,8 @@ static void flush_mask(struct run *r)
 
 /* ---- sandbox configuration -------------------------------------------------- */
 
-static int sandbox_config_for(struct job *j, struct sandbox_config *c, struct sandbox_bind *bind,
-			      struct kiln_err *err)
+/* The sandbox's shape for the job (workspace and binds are added later). */
+static int sandbox_config_for(struct job *j, struct sandbox_config *c, struct kiln_err *err)
 {
 	struct agent *a = j->agent;
 	const struct spec_job *s = j->spec;
@@ -118,10 +117,6 @@ static int sandbox_config_for(struct job *j, struct sandbox_config *c, struct sa
 	c->limits.memory_bytes = s->resources.memory;
 	c->limits.disk_bytes = s->resources.disk;
 	c->limits.pids = (uint32_t)s->resources.pids;
-	c->workspace = j->workspace;
-	*bind = (struct sandbox_bind){.src = j->scripts, .dst = SCRIPTS_DIR, .readonly = true};
-	c->binds = bind;
-	c->n_binds = 1;
 	c->hostname = NULL;
 	c->state_dir = a->sandbox_dir;
 	c->cgroup_parent = a->cgroup_parent;
@@ -205,7 +200,7 @@ static char *step_script(struct job *j, size_t idx, struct kiln_err *err)
 			     strerror(-r));
 		return NULL;
 	}
-	return xasprintf(SCRIPTS_DIR "/%s", name);
+	return xasprintf(AGENT_SCRIPTS_DIR "/%s", name);
 }
 
 static void format_secs(uint64_t ns, char out[32])
@@ -319,6 +314,8 @@ static void run_step(struct run *r, struct sandbox *sb, size_t idx, struct step_
 			     st->name ? st->name : "", err.msg);
 		return;
 	}
+	log_debug("step started job=%" PRId64 " step=%zu since_lease_us=%" PRIu64, j->id, idx + 1,
+		  (uint64_t)((now_mono_ns() - j->leased_ns) / NSEC_PER_USEC));
 	struct sandbox_exit ex;
 	wait_step(r, p, &ex);
 	sandbox_process_free(p);
@@ -337,7 +334,67 @@ static void run_step(struct run *r, struct sandbox *sb, size_t idx, struct step_
 	buf_release(&how);
 }
 
+static void destroy_sandbox(struct job *j, struct sandbox_stats *stats)
+{
+	pthread_mutex_lock(&j->lock);
+	struct sandbox *sb = TAKE_PTR(j->sb);
+	pthread_mutex_unlock(&j->lock);
+	int r = sandbox_destroy(sb, stats);
+	if (r < 0)
+		log_warn("sandbox not fully removed (left for the next cleanup) job=%" PRId64
+			 " error=\"%s\"",
+			 j->id, strerror(-r));
+}
+
 /* ---- the job ------------------------------------------------------------------ */
+
+/*
+ * A warm sandbox of the job's shape, or a new one; then the workspace seed
+ * (embedded kiln run). On success j->sb is set (and killed at once if the
+ * job was stopped meanwhile).
+ */
+static int get_sandbox(struct job *j, struct sandbox_config *cfg, struct sandbox **ret,
+		       struct kiln_err *err)
+{
+	struct agent *a = j->agent;
+	if (job_stop_reason(j) != STOP_NONE)
+		return kiln_err_set(err, -ECANCELED, "stopped before it started");
+	struct sandbox *sb = NULL;
+	if (pool_take(a, cfg, j)) {
+		sb = j->sb;
+	} else {
+		int r = mkdir_p(j->workspace, 0755);
+		if (r >= 0 && mkdir(j->scripts, 0755) < 0 && errno != EEXIST)
+			r = -errno;
+		if (r < 0)
+			return kiln_err_set(err, r, "cannot create the workspace: %s", strerror(-r));
+		struct sandbox_bind bind = {.src = j->scripts, .dst = AGENT_SCRIPTS_DIR,
+					    .readonly = true};
+		cfg->workspace = j->workspace;
+		cfg->binds = &bind;
+		cfg->n_binds = 1;
+		r = sandbox_create(cfg, &sb, err);
+		cfg->binds = NULL;
+		cfg->n_binds = 0;
+		if (r < 0)
+			return kiln_err_prefix(err, "sandbox");
+		pthread_mutex_lock(&j->lock);
+		j->sb = sb;
+		pthread_mutex_unlock(&j->lock);
+	}
+	if (job_stop_reason(j) != STOP_NONE)
+		sandbox_kill(sb);
+	if (a->seed_dir) {
+		int r = copy_tree(a->seed_dir, j->workspace, a->state_dir, a->seed_files,
+				  a->n_seed_files, err);
+		if (r < 0) {
+			destroy_sandbox(j, NULL);
+			return r;
+		}
+	}
+	*ret = sb;
+	return 0;
+}
 
 /* The usage report of the completion (proto_usage_from_json's fields). */
 static void add_usage(json_t *o, const struct sandbox_stats *st, uint64_t wall_ns)
@@ -364,17 +421,6 @@ static void add_usage(json_t *o, const struct sandbox_stats *st, uint64_t wall_n
 		json_object_set_new(o, "pids_peak", json_integer((json_int_t)st->pids_peak));
 }
 
-static void destroy_sandbox(struct job *j, struct sandbox_stats *stats)
-{
-	pthread_mutex_lock(&j->lock);
-	struct sandbox *sb = TAKE_PTR(j->sb);
-	pthread_mutex_unlock(&j->lock);
-	int r = sandbox_destroy(sb, stats);
-	if (r < 0)
-		log_warn("sandbox not fully removed (left for the next cleanup) job=%" PRId64
-			 " error=\"%s\"",
-			 j->id, strerror(-r));
-}
 
 int job_run(struct job *j, struct job_outcome *out)
 {
@@ -389,9 +435,8 @@ int job_run(struct job *j, struct job_outcome *out)
 	out->steps = json_array();
 
 	struct sandbox_config cfg;
-	struct sandbox_bind bind;
 	int fds[2];
-	int rc = sandbox_config_for(j, &cfg, &bind, &err);
+	int rc = sandbox_config_for(j, &cfg, &err);
 	if (rc >= 0 && pipe2(fds, O_CLOEXEC) < 0)
 		rc = kiln_err_set(&err, -errno, "cannot create a pipe: %s", strerror(errno));
 	if (rc < 0) {
@@ -412,21 +457,14 @@ int job_run(struct job *j, struct job_outcome *out)
 	r.chunk = xmalloc(READ_CHUNK);
 
 	struct sandbox *sb = NULL;
-	if (job_stop_reason(j) == STOP_NONE)
-		rc = sandbox_create(&cfg, &sb, &err);
-	else
-		rc = kiln_err_set(&err, -ECANCELED, "stopped before it started");
+	rc = get_sandbox(j, &cfg, &sb, &err);
 	if (rc < 0) {
-		spool_marker(j, "job failed before it started: sandbox: %s", err.msg);
-		out->message = xasprintf("kiln: sandbox: %s", err.msg);
+		spool_marker(j, "job failed before it started: %s", err.msg);
+		out->message = xasprintf("kiln: %s", err.msg);
 		goto done;
 	}
-	pthread_mutex_lock(&j->lock);
-	j->sb = sb;
-	bool stopped = j->stop != STOP_NONE;
-	pthread_mutex_unlock(&j->lock);
-	if (stopped)
-		sandbox_kill(sb);
+	log_debug("sandbox ready job=%" PRId64 " since_lease_us=%" PRIu64, j->id,
+		  (uint64_t)((now_mono_ns() - j->leased_ns) / NSEC_PER_USEC));
 
 	bool failed = false;
 	size_t failed_step = 0;

@@ -15,9 +15,10 @@
  * failure the shipper resends from the last size the server reported, so
  * nothing is lost and nothing is written twice (docs/internals/agent.md).
  *
- * Batching: the first bytes after a quiet spell go out at once; while output
- * keeps coming, sends are at least SHIP_INTERVAL apart, so a chatty job
- * costs at most ~50 requests a second and a byte waits at most ~20 ms.
+ * Batching: a token bucket per job — a burst of SHIP_BURST sends goes out
+ * at once, then one per SHIP_INTERVAL — so sparse output (a step's header
+ * and its first line) is sent as soon as it is written, a chatty job costs
+ * at most ~50 requests a second, and a byte waits at most ~20 ms.
  */
 #include "agent-internal.h"
 
@@ -26,6 +27,7 @@
 #include <sys/eventfd.h>
 
 #define SHIP_INTERVAL_NS (20 * NSEC_PER_MSEC)
+#define SHIP_BURST 4
 #define SHIP_CHUNK_MAX (256u << 10) /* below any server's log chunk limit (1 MiB) */
 #define SHIP_CHUNK_MIN (4u << 10)
 #define SPOOL_MAX (1ULL << 30)
@@ -159,7 +161,12 @@ static bool wait_for_work(struct job *j)
 		if (j->ship_dead || j->stop == STOP_LOST || j->stop == STOP_CANCELLED)
 			return false;
 		if (j->end > j->acked) {
-			uint64_t now = now_mono_ns(), due = j->last_send_ns + SHIP_INTERVAL_NS;
+			/* Tokens: one per interval since the bucket was last full. */
+			uint64_t now = now_mono_ns();
+			uint64_t full = SHIP_BURST * SHIP_INTERVAL_NS;
+			if (now - j->bucket_ns > full)
+				j->bucket_ns = now - full;
+			uint64_t due = j->bucket_ns + SHIP_INTERVAL_NS;
 			if (j->closed || now >= due || j->end - j->acked >= SHIP_CHUNK_MAX)
 				return true;
 			struct timespec ts;
@@ -259,7 +266,8 @@ static void *shipper_main(void *p)
 	while (wait_for_work(j)) {
 		uint64_t off = j->acked;
 		size_t want = (size_t)MIN((uint64_t)chunk_max, j->end - off);
-		j->last_send_ns = now_mono_ns();
+		/* Spend a token (the bucket never goes below empty). */
+		j->bucket_ns = MIN(j->bucket_ns + SHIP_INTERVAL_NS, now_mono_ns());
 		pthread_mutex_unlock(&j->lock);
 
 		enum ship_result res = SHIP_RETRY;

@@ -30,6 +30,8 @@ const char cmd_agent_help[] =
 	"  --state-dir DIR        spool, workspaces, sandbox state (default\n"
 	"                         $XDG_STATE_HOME/kiln/agent, else ~/.local/state/kiln/agent)\n"
 	"  --drain-timeout DURATION  how long a drain waits for running jobs (default 10m)\n"
+	"  --warm N               sandboxes kept ready ahead of jobs, of the shape of the\n"
+	"                         last job (default 1; 0: none)\n"
 	"  --cgroup-parent PATH   cgroup parent of the job sandboxes (default /kiln as root)\n"
 	"  --init PATH            the kiln-init binary (default $KILN_INIT, next to kiln)\n"
 	"\n"
@@ -47,6 +49,7 @@ enum {
 	OPT_CGROUP,
 	OPT_INIT,
 	OPT_LEASE_WAIT,
+	OPT_WARM,
 };
 
 char *cli_default_state_dir(const char *sub)
@@ -116,6 +119,7 @@ int cmd_agent(int argc, char **argv)
 		{"cgroup-parent", required_argument, NULL, OPT_CGROUP},
 		{"init", required_argument, NULL, OPT_INIT},
 		{"lease-wait", required_argument, NULL, OPT_LEASE_WAIT},
+		{"warm", required_argument, NULL, OPT_WARM},
 		{0},
 	};
 	struct agent_config cfg;
@@ -173,6 +177,14 @@ int cmd_agent(int argc, char **argv)
 				cfg.drain_timeout_ms = ms;
 			else
 				cfg.lease_wait_ms = ms;
+			break;
+		case OPT_WARM:
+			if (parse_int64(optarg, 0, 64, &v) < 0) {
+				rc = cli_usage_error("agent", "--warm: '%s' is not a number in 0..64",
+						     optarg);
+				goto out;
+			}
+			cfg.warm = (unsigned)v;
 			break;
 		case OPT_CGROUP: cfg.cgroup_parent = optarg; break;
 		case OPT_INIT: cfg.init_path = optarg; break;

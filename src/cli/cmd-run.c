@@ -552,6 +552,7 @@ static int run_embedded(struct run_opts *o, const char *name, const char *text)
 	lo.agent.seed_files = files;
 	lo.agent.n_seed_files = n_files;
 	lo.agent.drain_timeout_ms = 1000;
+	lo.agent.warm = 0; /* one job: nothing to get ready ahead of it */
 	struct local l;
 	struct kiln_err err = {0};
 	int rc;

@@ -33,6 +33,7 @@ const char cmd_up_help[] =
 	"  --image NAME=DIR       map a job image name to a root filesystem (repeatable)\n"
 	"  --name NAME            the agent's name (default: the host name)\n"
 	"  --drain-timeout DURATION  how long a stop waits for running jobs (default 10m)\n"
+	"  --warm N               sandboxes kept ready ahead of jobs (default 1; 0: none)\n"
 	"  --cgroup-parent PATH   cgroup parent of the job sandboxes\n"
 	"  --init PATH            the kiln-init binary\n"
 	"\n"
@@ -50,6 +51,7 @@ enum {
 	OPT_DRAIN,
 	OPT_CGROUP,
 	OPT_INIT,
+	OPT_WARM,
 };
 
 /* ---- the client config ---------------------------------------------------- */
@@ -189,6 +191,7 @@ static int parse(int argc, char **argv, struct up_opts *o)
 		{"drain-timeout", required_argument, NULL, OPT_DRAIN},
 		{"cgroup-parent", required_argument, NULL, OPT_CGROUP},
 		{"init", required_argument, NULL, OPT_INIT},
+		{"warm", required_argument, NULL, OPT_WARM},
 		{0},
 	};
 	struct agent_config *ac = &o->lo.agent;
@@ -234,6 +237,12 @@ static int parse(int argc, char **argv, struct up_opts *o)
 			break;
 		case OPT_CGROUP: ac->cgroup_parent = optarg; break;
 		case OPT_INIT: ac->init_path = optarg; break;
+		case OPT_WARM:
+			if (parse_int64(optarg, 0, 64, &v) < 0)
+				return cli_usage_error("up", "--warm: '%s' is not a number in 0..64",
+						       optarg);
+			ac->warm = (unsigned)v;
+			break;
 		default: return cli_usage_error("up", "unknown option");
 		}
 	}

@@ -179,6 +179,9 @@ class JobCase(kilntest.TempDirTestCase):
 
     server_args = ("--lease-ttl", "6s")
     agent_args = ()
+    # Warm sandboxes (the agent's default is 1) would show among the
+    # agent's sandboxes; tests that count them run without.
+    warm = 0
 
     def setUp(self):
         reason = skip_reason()
@@ -202,9 +205,11 @@ class JobCase(kilntest.TempDirTestCase):
         if not getattr(self, "agent_token", None):
             # A shared-pool agent token, minted with the admin token.
             self.agent_token = self.server.mint("agent", shared=True, name="test agents")[0]
-        a = Agent(self.server.addr, os.path.join(self.tmp, "agent-" + name), name,
-                  list(self.agent_args if args is None else args), cgroup_parent=parent,
-                  token=self.agent_token)
+        args = list(self.agent_args if args is None else args)
+        if "--warm" not in args:
+            args += ["--warm", str(self.warm)]
+        a = Agent(self.server.addr, os.path.join(self.tmp, "agent-" + name), name, args,
+                  cgroup_parent=parent, token=self.agent_token)
         self.addCleanup(remove_cgroup_parent, parent)
         a.start(self.api if register else None)
         self.agents.append(a)

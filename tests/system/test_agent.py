@@ -348,5 +348,43 @@ class CrashTest(JobCase):
         self.api.ok("POST", f"/v1/jobs/{jid}/cancel")
 
 
+class WarmPoolTest(JobCase):
+    warm = 1
+
+    def pids_max(self, a, sid):
+        for cg in a.sandbox_cgroups(sid):
+            p = os.path.join(cg, "pids.max")
+            if os.path.exists(p):
+                with open(p) as f:
+                    return f.read().strip()
+        return None
+
+    def test_jobs_take_warm_sandboxes_of_their_shape(self):
+        a = self.start_agent()
+        # A warm sandbox of the default shape is made at start.
+        (warm1,) = wait_for(lambda: a.sandbox_entries() or None, what="a warm sandbox")
+        jid = self.submit(job("first", ["echo one > /workspace/f; echo tmp > /tmp/t; "
+                                        "echo hi"]))
+        self.assertEqual(self.wait_job(jid)["state"], "succeeded")
+        # It was used (gone with the job), and the next one is there.
+        (warm2,) = wait_for(lambda: (lambda e: e if e and warm1 not in e else None)(
+            a.sandbox_entries()), what="the next warm sandbox")
+        self.assertNotEqual(warm1, warm2)
+        # A fresh sandbox: nothing of the first job is visible.
+        jid = self.submit(job("second", ["ls /workspace; cat /tmp/t 2>&1 || true"]))
+        self.assertEqual(self.wait_job(jid)["state"], "succeeded")
+        log = self.log(jid)
+        self.assertNotIn(b"\nf\n", log)
+        self.assertIn(b"No such file", log)
+        # A job of another shape makes its own; the pool follows its shape.
+        jid = self.submit(job("limited", ["true"], resources={"pids": 50}))
+        self.assertEqual(self.wait_job(jid)["state"], "succeeded")
+        wait_for(lambda: [sid for sid in a.sandbox_entries() if self.pids_max(a, sid) == "50"],
+                 what="a warm sandbox with the new limits")
+        # Stopping removes the warm sandboxes too.
+        self.assertEqual(a.stop(), 0)
+        self.assertEqual(a.sandbox_entries(), [])
+
+
 if __name__ == "__main__":
     kilntest.main()

@@ -83,6 +83,7 @@ def rss_kib(pid):
 
 class ManyJobsTest(JobCase):
     server_args = ("--lease-ttl", "30s")
+    warm = 1
 
     def test_100_jobs_server_and_agent(self):
         self.start_agent(args=["--slots", "2"])
