@@ -311,6 +311,8 @@ int cmd_up(int argc, char **argv)
 	       "  server  %s   (state: %s)\n"
 	       "  agent   id %" PRId64 ", labels %s\n",
 	       l.url, o.state_dir, l.agent_id, lb.data ? lb.data : "-");
+	/* Where the admin token is, never the token itself (stdout ends up in logs). */
+	printf("  token   admin: %s/admin.token%s\n", o.state_dir, cs.path ? " (and the config)" : "");
 	if (cs.path)
 		printf("  config  %s (kiln commands on this machine use this server)\n", cs.path);
 	printf("try: kiln run -- uname -a\n");
