@@ -12,9 +12,14 @@ net, uts, ipc, cgroup namespaces, overlay root, cgroup, seccomp, kiln-init).
 import argparse
 import http.client
 import json
+import os
 import statistics
 import threading
 import time
+
+
+# The API token (run.sh exports the server's admin token).
+HEADERS = {"Authorization": "Bearer " + os.environ["KILN_TOKEN"]} if os.environ.get("KILN_TOKEN") else {}
 
 
 class Conn:
@@ -29,7 +34,7 @@ class Conn:
                 self.c = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
             try:
                 data = body if isinstance(body, (bytes, str)) or body is None else json.dumps(body)
-                self.c.request(method, path, body=data)
+                self.c.request(method, path, body=data, headers=HEADERS)
                 r = self.c.getresponse()
                 out = r.read()
                 return r.status, (json.loads(out) if out and out[:1] == b"{" else out)
@@ -60,7 +65,7 @@ def follow_first_byte_and_end(addr, jid):
     monotonic time the stream ended (the attempt ended), the bytes)."""
     host, port = addr.rsplit(":", 1)
     c = http.client.HTTPConnection(host, int(port), timeout=120)
-    c.request("GET", f"/v1/jobs/{jid}/log?follow=1")
+    c.request("GET", f"/v1/jobs/{jid}/log?follow=1", headers=HEADERS)
     r = c.getresponse()
     first = None
     data = b""

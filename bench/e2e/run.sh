@@ -59,13 +59,17 @@ start_server() {
 	SRV_PID=$!
 	for ((i = 0; i < 300; i++)); do [ -s "$WORK/addr" ] && break; sleep 0.05; done
 	ADDR=$(cat "$WORK/addr")
+	# The admin token the server wrote on its first start (agent and client use it).
+	TOKEN=$(cat "$WORK/server/admin.token")
+	export KILN_TOKEN=$TOKEN
 }
 start_agent() { # SLOTS
 	"$KILN" --log-level warn agent --server "$ADDR" --state-dir "$WORK/agent" --name bench \
 		--slots "$1" --cgroup-parent "$CGROUP_PARENT" >>"$WORK/agent.log" 2>&1 &
 	AGENT_PID=$!
 	for ((i = 0; i < 300; i++)); do
-		curl -fsS "http://$ADDR/v1/agents" 2>/dev/null | grep -q "\"slots\":$1,.*\"online\":true" && break
+		curl -fsS -H "Authorization: Bearer $TOKEN" "http://$ADDR/v1/agents" 2>/dev/null |
+			grep -q "\"slots\":$1,.*\"online\":true" && break
 		sleep 0.05
 	done
 }
