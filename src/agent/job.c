@@ -172,7 +172,9 @@ static void complete(struct job *j, struct http *h, struct job_outcome *out)
 			http_reply_release(&rep);
 			break;
 		}
-		if (r == 0 && (rep.status == 409 || rep.status == 404 || rep.status == 400)) {
+		/* Any refusal but "later" is final: retrying will not change it. */
+		if (r == 0 && rep.status >= 400 && rep.status < 500 && rep.status != 408 &&
+		    rep.status != 429) {
 			log_warn("completion refused job=%" PRId64 " status=%ld error=\"%s\"", j->id,
 				 rep.status, http_error_message(&rep));
 			http_reply_release(&rep);
@@ -300,8 +302,10 @@ int job_start(struct job *j)
 	return r;
 }
 
-void job_fail_unstarted(struct job *j, struct http *h, int error)
+void job_fail_unstarted(struct job *j, struct http *agent_http, int error)
 {
+	/* The result is a job write: it goes with the lease's job token. */
+	struct http *h = j->token ? http_new(j->agent->base_url, j->token) : agent_http;
 	struct job_outcome out = {
 		.state = JOB_FAILED,
 		.message = xasprintf("kiln: agent '%s' could not set the job up: %s", j->agent->name,
@@ -311,4 +315,6 @@ void job_fail_unstarted(struct job *j, struct http *h, int error)
 	};
 	complete(j, h, &out);
 	outcome_release(&out);
+	if (h != agent_http)
+		http_free(h);
 }

@@ -133,8 +133,12 @@ static enum ship_result send_chunk(struct job *j, struct http *h, const char *da
 				 j->id, j->fence, http_error_message(&rep));
 			res = SHIP_STALE;
 		}
-	} else if (rep.status == 404) {
-		res = SHIP_STALE; /* the server does not know the job (a fresh database) */
+	} else if (rep.status == 404 || rep.status == 403 || rep.status == 401) {
+		/* The server does not know the job (a fresh database), or will not
+		 * take our writes for it: either way nothing more gets through. */
+		log_warn("log refused job=%" PRId64 " status=%ld error=\"%s\"", j->id, rep.status,
+			 http_error_message(&rep));
+		res = SHIP_STALE;
 	} else if (rep.status == 413) {
 		res = SHIP_SMALLER;
 	} else {
@@ -225,18 +229,20 @@ static bool send_running(struct job *j, struct http *h)
 		struct kiln_err err = {0};
 		uint64_t sent = now_mono_ns();
 		int r = http_json(h, "POST", path, body, 30000, &rep, &err);
-		if (r == 0 && rep.status == 200) {
+		long status = r == 0 ? rep.status : 0;
+		bool refused = status == 409 || status == 404 || status == 403 || status == 401;
+		if (status == 200) {
 			job_renewed(j, sent);
 			ok = true;
-		} else if (r == 0 && (rep.status == 409 || rep.status == 404)) {
+		} else if (refused) {
 			log_warn("the server refused the job's start, lease lost job=%" PRId64
-				 " error=\"%s\"",
-				 j->id, http_error_message(&rep));
+				 " status=%ld error=\"%s\"",
+				 j->id, status, http_error_message(&rep));
 			job_request_stop(j, STOP_LOST, "the server refused the start: lease lost");
 		}
 		if (r == 0)
 			http_reply_release(&rep);
-		if (ok || (r == 0 && (rep.status == 409 || rep.status == 404)))
+		if (ok || refused)
 			break;
 		pthread_mutex_lock(&j->lock);
 		retry_wait(j, failures);

@@ -139,6 +139,20 @@ class EmbeddedRunTest(RunCase):
         self.assertIn("x", r.stdout)
 
 
+class SeedFailureTest(RunCase):
+    def test_a_workspace_too_big_to_copy_fails_the_job(self):
+        big = os.path.join(self.tmp, "big")
+        os.makedirs(big)
+        with open(os.path.join(big, "sparse"), "wb") as f:
+            f.truncate(5 << 30)  # 5 GiB, sparse: over the 4 GiB seed limit
+        t0 = time.monotonic()
+        r = self.kiln("run", "--workdir", big, "--", "true")
+        self.assertEqual(r.returncode, 125, r.stderr)
+        self.assertIn("too big to copy", r.stdout + r.stderr)
+        self.assertLess(time.monotonic() - t0, 60)
+        self.assert_no_leftovers()
+
+
 class UpTest(RunCase):
     def start_up(self, *args):
         state = os.path.join(self.tmp, "state")
