@@ -76,4 +76,6 @@ int cmd_org(int argc, char **argv);
 int cmd_token(int argc, char **argv);
 int cmd_whoami(int argc, char **argv);
 int cmd_admin(int argc, char **argv);
+extern const char cmd_secret_help[];
+int cmd_secret(int argc, char **argv);
 

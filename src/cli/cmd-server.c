@@ -233,7 +233,11 @@ int cmd_server(int argc, char **argv)
 	struct server *s = NULL;
 	if (server_new(&cfg, &s, &err) < 0)
 		return cli_fail("server", "%s", err.msg);
-	/* The key must not stay in the environment of anything started later. */
+	/* The key must not stay in the environment: neither for anything started
+	 * later nor in /proc/PID/environ (the initial block, wiped in place). */
+	char *mk = getenv("KILN_MASTER_KEY");
+	if (mk)
+		explicit_bzero(mk, strlen(mk));
 	unsetenv("KILN_MASTER_KEY");
 	if (server_start(s, &err) < 0) {
 		server_free(s);

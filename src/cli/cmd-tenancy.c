@@ -7,6 +7,7 @@
 
 #include <getopt.h>
 #include <inttypes.h>
+#include <termios.h>
 
 const char cmd_org_help[] =
 	"usage: kiln org create NAME [-o FORMAT] [--server URL] [--token TOKEN]\n"
@@ -498,4 +499,161 @@ int cmd_admin(int argc, char **argv)
 	if (streq(argv[1], "rotate-key"))
 		return admin_rotate(argc - 1, argv + 1);
 	return cli_usage_error("admin", "unknown subcommand '%s' (token, rotate-key)", argv[1]);
+}
+
+/* ---- kiln secret ---------------------------------------------------------- */
+
+const char cmd_secret_help[] =
+	"usage: kiln secret set NAME [--org ORG] [--server URL] [--token TOKEN] < value\n"
+	"       kiln secret list [--org ORG] [-o FORMAT] [--server URL] [--token TOKEN]\n"
+	"       kiln secret delete NAME [--org ORG] [--server URL] [--token TOKEN]\n"
+	"\n"
+	"An org's secrets: values a job receives as environment variables when its\n"
+	"spec names them (secrets: [NAME]). 'set' reads the value from stdin (from a\n"
+	"terminal: without echo; one trailing newline is removed) and never from the\n"
+	"command line; the server seals it at once and never returns it. 'list'\n"
+	"shows names and versions. Setting and deleting need an owner (or admin)\n"
+	"token; listing, any token of the org.\n"
+	"\n"
+	"Names: upper-case letters, digits and _, not starting with a digit.\n"
+	"Values: UTF-8 text without NUL, at most 48 KiB. In a job's log the values\n"
+	"are masked as *** (also split across writes, base64 and URL-encoded): a\n"
+	"defence in depth, not a guarantee (docs/security.md).\n"
+	"\n"
+	"exit codes: 0 done, 1 refused or server error, 2 usage error.\n";
+
+
+/* Reads a secret value from stdin (no echo on a terminal); strips one '\n'. */
+static int read_value(struct buf *out)
+{
+	struct termios old, quiet;
+	bool tty = isatty(STDIN_FILENO) && tcgetattr(STDIN_FILENO, &old) == 0;
+	if (tty) {
+		fputs("value (not echoed): ", stderr);
+		quiet = old;
+		quiet.c_lflag &= ~(tcflag_t)ECHO;
+		tcsetattr(STDIN_FILENO, TCSAFLUSH, &quiet);
+	}
+	int r;
+	if (tty) {
+		char line[48 * 1024 + 2];
+		r = fgets(line, sizeof(line), stdin) ? 0 : -EIO;
+		if (r == 0)
+			buf_puts(out, line);
+		explicit_bzero(line, sizeof(line));
+		tcsetattr(STDIN_FILENO, TCSAFLUSH, &old);
+		fputc('\n', stderr);
+	} else {
+		r = read_fd_all(STDIN_FILENO, 48 * 1024 + 1, out);
+	}
+	if (r < 0)
+		return r;
+	if (out->len && out->data[out->len - 1] == '\n')
+		out->data[--out->len] = '\0';
+	if (out->len && out->data[out->len - 1] == '\r')
+		out->data[--out->len] = '\0';
+	return 0;
+}
+
+static void secrets_table(const json_t *v)
+{
+	struct table t;
+	table_init(&t, 3, "NAME", "VERSION", "UPDATED");
+	size_t i;
+	const json_t *o;
+	json_array_foreach(v, i, o) {
+		char ver[64], upd[32];
+		cli_age(json_object_get(o, "updated_at"), upd);
+		table_add(&t, json_string_value(json_object_get(o, "name")),
+			  cli_str(json_object_get(o, "version"), ver), upd);
+	}
+	table_print(&t, stdout);
+	table_release(&t);
+}
+
+static char *secret_path(const char *name, const char *org)
+{
+	_cleanup_free_ char *n = client_escape(name ? name : "", false);
+	_cleanup_free_ char *o = org ? client_escape(org, false) : NULL;
+	return name ? xasprintf("/v1/secrets/%s%s%s", n, o ? "?org=" : "", o ? o : "")
+		    : xasprintf("/v1/secrets%s%s", o ? "?org=" : "", o ? o : "");
+}
+
+int cmd_secret(int argc, char **argv)
+{
+	static const struct option opts[] = {COMMON_OPTS, {"org", required_argument, NULL, OPT_ORG},
+					     {0}};
+	struct common co = {.cmd = "secret"};
+	const char *org = NULL;
+	char **pos = xcalloc((size_t)argc + 1, sizeof(char *));
+	int npos = 0, c;
+	while (optind < argc && (c = getopt_long(argc, argv, "-ho:", opts, NULL)) != -1) {
+		if (c == 1) {
+			pos[npos++] = optarg;
+			continue;
+		}
+		if (c == OPT_ORG) {
+			org = optarg;
+			continue;
+		}
+		int r = common_opt(&co, c);
+		if (r) {
+			free(pos);
+			return r == 1 ? cli_usage_error("secret", "unknown option") : finish(r);
+		}
+	}
+	while (optind < argc)
+		pos[npos++] = argv[optind++];
+	int rc;
+	const char *sub = npos ? pos[0] : "";
+	if (streq(sub, "set") && npos == 2) {
+		struct buf v = BUF_INIT;
+		if (read_value(&v) < 0) {
+			rc = cli_fail("secret", "cannot read the value from stdin");
+		} else if (v.len == 0) {
+			rc = cli_usage_error("secret", "the value (stdin) is empty");
+		} else {
+			struct kiln_client *cl = cli_connect("secret", co.server, co.token);
+			rc = EXIT_FAIL;
+			if (cl) {
+				_cleanup_free_ char *path = secret_path(pos[1], org);
+				struct kiln_err err = {0};
+				json_t *ans = NULL;
+				if (client_request(cl, "PUT", path, "application/octet-stream", v.data,
+						   v.len, NULL, &ans, &err) < 0) {
+					rc = cli_client_fail("secret", &err);
+				} else {
+					rc = EXIT_OK;
+					fprintf(stderr, "set secret %s (version %" JSON_INTEGER_FORMAT ")\n",
+						pos[1], json_integer_value(json_object_get(ans, "version")));
+				}
+				json_decref(ans);
+				client_free(cl);
+			}
+		}
+		if (v.data)
+			explicit_bzero(v.data, v.len);
+		buf_release(&v);
+	} else if (streq(sub, "list") && npos == 1) {
+		_cleanup_free_ char *path = secret_path(NULL, org);
+		json_t *ans = NULL;
+		rc = request(&co, "GET", path, NULL, &ans);
+		if (rc == EXIT_OK) {
+			const json_t *v = json_object_get(ans, "secrets");
+			if (co.out == OUT_TABLE)
+				secrets_table(v);
+			else
+				print_doc(&co, v);
+		}
+		json_decref(ans);
+	} else if (streq(sub, "delete") && npos == 2) {
+		_cleanup_free_ char *path = secret_path(pos[1], org);
+		rc = request(&co, "DELETE", path, NULL, NULL);
+		if (rc == EXIT_OK)
+			printf("deleted secret %s\n", pos[1]);
+	} else {
+		rc = cli_usage_error("secret", "expected 'set NAME', 'list' or 'delete NAME'");
+	}
+	free(pos);
+	return rc;
 }

@@ -257,6 +257,12 @@ void h_jobs_submit(struct req *r)
 		return;
 	}
 	spec_diags_release(&diags);
+	for (size_t i = 0; i < n; i++)
+		if (jobs[i]->n_secrets &&
+		    secrets_check_names(r, org_id, jobs[i]->secrets, jobs[i]->n_secrets) < 0) {
+			spec_jobs_free(jobs, n);
+			return;
+		}
 	struct submit_ctx *c = submit_ctx_new(n);
 	uint64_t now = proto_now_ms();
 	for (size_t i = 0; i < n; i++) {

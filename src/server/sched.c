@@ -750,7 +750,7 @@ void sched_kick_agent(struct server *s, struct sagent *a)
 /* ---- leases --------------------------------------------------------------- */
 
 struct lease_ctx {
-	int64_t id, attempt, max_attempts, fence, agent_id;
+	int64_t id, org_id, attempt, max_attempts, fence, agent_id;
 	uint64_t timeout_ms, ttl_ms;
 	char *name;
 	char token[TOKEN_LEN + 1]; /* the lease's job token */
@@ -777,6 +777,10 @@ static void lease_reply(struct req *r, const struct lease_ctx *c, const char *sp
 		   ",\"attempt\":%" PRId64 ",\"lease_ttl_ms\":%" PRIu64 ",\"token\":\"%s\"}\n",
 		   c->attempt, c->max_attempts, c->fence, c->timeout_ms, spec ? spec : "null",
 		   c->fence, c->attempt, c->ttl_ms, c->token);
+	/* The secrets the spec names, of the job's org, for the agent only. */
+	b.len -= 2; /* "}\n" */
+	secrets_for_lease(r->srv, c->id, c->org_id, spec, &b);
+	buf_puts(&b, "}\n");
 	size_t len = b.len;
 	req_reply_text(r, MHD_HTTP_OK, "application/json", buf_steal(&b), len);
 }
@@ -852,7 +856,7 @@ void sched_grant(struct server *s, struct sjob *j, struct sagent *a, struct req 
 			  j->id, log_field(a->name, ab, sizeof(ab)), org_name(s, j->org_id), r->id, j->fence,
 			  j->attempt, (uint64_t)(waited_ns / NSEC_PER_MSEC));
 	}
-	struct lease_ctx lc = {.id = j->id, .attempt = j->attempt,
+	struct lease_ctx lc = {.id = j->id, .org_id = j->org_id, .attempt = j->attempt,
 			       .max_attempts = j->max_attempts, .fence = j->fence,
 			       .agent_id = a->id, .timeout_ms = j->timeout_ms,
 			       .ttl_ms = s->cfg.lease_ttl_ms, .name = j->name};

@@ -349,6 +349,7 @@ struct server {
 	char *bootstrap_token_path;   /* written at this start, or NULL */
 	pthread_mutex_t keys_lock;    /* keyring, data keys */
 	struct keyring *keys;
+	int64_t next_secret_version;  /* under lock; versions are never reused */
 
 	pthread_t timer;
 	pthread_cond_t timer_cond;
@@ -529,6 +530,25 @@ void h_tokens_create(struct req *r);
 void h_tokens_revoke(struct req *r);
 void h_whoami(struct req *r);
 void h_admin_rotate_key(struct req *r);
+
+/* secrets.c */
+int secrets_init(struct server *s, struct kiln_err *err);
+void h_secrets_list(struct req *r);
+void h_secret_put(struct req *r);
+void h_secret_delete(struct req *r);
+/* Seals a value for (org, name) under a new version; makes the org's data key if needed. */
+int secret_seal(struct server *s, int64_t org_id, const char *name, const void *value,
+		size_t len, int64_t *ret_version, struct buf *out);
+/* Reads and opens one secret of an org (NUL-terminated); -ENOENT, -EBADMSG. */
+int secret_get_plain(struct server *s, int64_t org_id, const char *name, struct buf *ret);
+/* Submission: does the org have every secret the spec names? Answers 400 if not. */
+int secrets_check_names(struct req *r, int64_t org_id, char *const *names, size_t n);
+/*
+ * Lease answers: appends ,"secrets":{"NAME":"value",...} for the secrets the
+ * job's spec (normalised JSON text) names, of the job's org; nothing if none.
+ */
+void secrets_for_lease(struct server *s, int64_t job_id, int64_t org_id, const char *spec,
+		       struct buf *out);
 
 /* keys.c: the master keyring, the server's own key and the orgs' data keys */
 int keys_init(struct server *s, struct kiln_err *err);

@@ -95,6 +95,10 @@ const struct route server_routes[] = {
 	  NULL),
 	R("POST", "/v1/admin/rotate-key", "admin.rotate_key", BODY_JSON, ADMIN, h_admin_rotate_key,
 	  NULL),
+	R("GET", "/v1/secrets", "secrets.list", BODY_NONE, READ, h_secrets_list, NULL),
+	R("PUT", "/v1/secrets/{name}", "secrets.set", BODY_TEXT, OWNER, h_secret_put, NULL),
+	R("DELETE", "/v1/secrets/{name}", "secrets.delete", BODY_NONE, OWNER, h_secret_delete,
+	  NULL),
 };
 const size_t server_routes_count = ARRAY_SIZE(server_routes);
 
@@ -217,6 +221,8 @@ int server_new(const struct server_config *c, struct server **ret, struct kiln_e
 		r = keys_init(s, err);
 	if (r >= 0)
 		r = access_init(s, err);
+	if (r >= 0)
+		r = secrets_init(s, err);
 	if (r >= 0)
 		r = sched_load(s, err);
 	if (r < 0) {

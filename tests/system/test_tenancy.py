@@ -310,6 +310,10 @@ class SweepTest(TenancyCase):
         a_agent.log(ja, fa, 0, b"a's output\n")
         self.assertEqual(a_agent.artifact(ja, fa, "a.txt", b"a's artifact")[0], 201)
         jq = self.submit(a_member, name="a-queued")
+        a_owner = self.client(self.server.mint("owner", "a")[0])
+        a_secret = "a's secret value " + os.urandom(8).hex()
+        self.assertEqual(a_owner.raw("PUT", "/v1/secrets/A_SECRET", a_secret.encode())[0], 200)
+        a_secret_version = a_owner.ok("GET", "/v1/secrets")["secrets"][0]["version"]
 
         # Every kind of token org B has, and a job token of B's own lease.
         b = {role: self.server.mint(role, "b")[0] for role in ("owner", "member", "viewer", "agent")}
@@ -332,7 +336,7 @@ class SweepTest(TenancyCase):
             "/v1/orgs": {"name": "b2"},
         }
         a_markers = [b"a-secret-build", b"a-queued", b"a-host", b"a-viewer", b"a's output",
-                     b"a's artifact", b'"a"']
+                     b"a's artifact", b'"a"', b'"pool":"a"', a_secret.encode()]
         routes = [l.split(" ", 1) for l in run(["server", "--list-routes"]).stdout.split("\n") if l]
         calls = successes = 0
         failures = []
@@ -341,7 +345,8 @@ class SweepTest(TenancyCase):
                 continue
             kind = "agent" if pattern.startswith("/v1/agents/") else (
                 "token" if pattern.startswith("/v1/tokens/") else "job")
-            path = pattern.replace("{id}", str(ids[kind])).replace("{path*}", "a.txt")
+            path = pattern.replace("{id}", str(ids[kind])).replace("{path*}", "a.txt").replace(
+                "{name}", "A_SECRET")
             for query in ("", f"?org=a&fence={fa}&offset=11"):
                 for role, tok in b.items():
                     c = self.client(tok)
@@ -355,8 +360,11 @@ class SweepTest(TenancyCase):
                     leaked = [m for m in a_markers if m in data and not (
                         pattern == "/v1/agents" and m == b"a-host"
                         and f'"id":{a_agent.id},'.encode() not in data)]
-                    if 200 <= status < 300 and (leaked or "{id}" in pattern
-                                                or "?org=a" in query and pattern == "/v1/jobs"):
+                    if method == "GET" and b"A_SECRET" in data:
+                        leaked.append(b"A_SECRET")
+                    # A {name} route acts on B's own secret; routes without
+                    # an org parameter ignore ?org=a (the markers check them).
+                    if 200 <= status < 300 and (leaked or "{id}" in pattern):
                         successes += 1
                         failures.append(f"{role} {method} {path + query} -> {status} {data[:120]}")
                     elif leaked:
@@ -366,7 +374,7 @@ class SweepTest(TenancyCase):
                         failures.append(f"{role} {method} {path + query} -> {status} (expected 403/404)")
         print(f"# sweep: {calls} calls, {successes} unauthorised successes")
         self.assertGreater(calls, 150)
-        self.assertEqual(failures, [])
+        self.assertEqual(failures, [], "\n".join(failures))
         self.assertEqual(successes, 0)
         # A's state is untouched.
         j = self.api.ok("GET", f"/v1/jobs/{ja}")
@@ -375,6 +383,8 @@ class SweepTest(TenancyCase):
         self.assertFalse(self.api.ok("GET", f"/v1/agents/{a_agent.id}")["draining"])
         self.assertEqual(self.client(a_tok).call("GET", "/v1/jobs")[0], 200)
         self.assertEqual(self.api.ok("GET", f"/v1/jobs/{jb}")["org"], "b")
+        self.assertEqual([(s["name"], s["version"]) for s in a_owner.ok("GET", "/v1/secrets")["secrets"]],
+                         [("A_SECRET", a_secret_version)])
 
 
 if __name__ == "__main__":
