@@ -533,6 +533,7 @@ void h_agents_heartbeat(struct req *r)
 		return;
 	}
 	touch(a);
+	live_heartbeat(s, a, r->json);
 	json_t *cancel = hb_cancels(s, a, c, true);
 	/* Revoked leases the agent no longer runs: their capacity is free again. */
 	bool freed = false;

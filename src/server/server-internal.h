@@ -216,6 +216,20 @@ struct sclass {
 	struct sclass *next;
 };
 
+/* Live measures an agent sends with its heartbeats (kiln top); the previous
+ * sample gives the CPU rate. */
+struct job_live {
+	int64_t fence; /* the attempt they are of */
+	uint64_t at_ms, cpu_ms, memory_bytes;
+	uint64_t prev_at_ms, prev_cpu_ms;
+};
+
+struct agent_live {
+	uint64_t at_ms; /* 0: never reported */
+	double load1, load5, load15;
+	uint64_t memory_used_bytes, memory_total_bytes;
+};
+
 struct sjob {
 	int64_t id;
 	int64_t org_id;
@@ -236,6 +250,7 @@ struct sjob {
 	uint64_t queued_ns;        /* monotonic: entered the queue (submit or requeue) */
 	unsigned refunds;          /* attempts handed back unstarted (bounded) */
 	uint64_t leased_ns;        /* monotonic: the current lease was granted */
+	struct job_live live;      /* the agent's latest measures of the running attempt */
 };
 
 /* A lease the server took back (cancel, timeout, expiry) that the agent may
@@ -261,6 +276,7 @@ struct sagent {
 	size_t n_jobs, cap_jobs;
 	struct revoked *revoked;
 	size_t n_revoked, cap_revoked;
+	struct agent_live live;
 	struct sagent *next;
 };
 
@@ -482,6 +498,12 @@ int req_window(struct req *r, uint64_t default_ms, struct store_window *ret);
 void h_usage(struct req *r);
 /* stats.c: GET /v1/stats (docs/stats.md) */
 void h_stats(struct req *r);
+/* top.c: GET /v1/overview (kiln top); what heartbeats say besides leases. */
+void h_overview(struct req *r);
+/* Reads a heartbeat's optional "load" and jobs[].usage into a and its jobs
+ * (under server.lock). Malformed telemetry is ignored: never refuse a
+ * heartbeat for it. */
+void live_heartbeat(struct server *s, struct sagent *a, json_t *body);
 
 /* access.c: tokens, principals, route permissions */
 int access_init(struct server *s, struct kiln_err *err);
