@@ -92,6 +92,49 @@ static void apply_cancels(struct agent *a, json_t *cancel, struct listed *v, siz
 	free(cancelled);
 }
 
+/*
+ * Telemetry for kiln top, sent with each heartbeat: the job's CPU time and
+ * memory now (its sandbox's cgroup; nothing before the sandbox exists), and
+ * the host's load and memory. Under a->lock (then j->lock, which keeps the
+ * sandbox from being destroyed meanwhile).
+ */
+static void add_job_usage(json_t *entry, struct job *j)
+{
+	pthread_mutex_lock(&j->lock);
+	struct sandbox_stats st;
+	bool ok = j->sb && sandbox_stats(j->sb, &st) >= 0 && st.have_cpu;
+	pthread_mutex_unlock(&j->lock);
+	if (!ok)
+		return;
+	json_t *u = json_pack("{s:I}", "cpu_ms",
+			      (json_int_t)((st.cpu_user_ns + st.cpu_system_ns) / NSEC_PER_MSEC));
+	if (st.have_memory)
+		json_object_set_new(u, "memory_bytes", json_integer((json_int_t)st.memory_current_bytes));
+	json_object_set_new(entry, "usage", u);
+}
+
+static json_t *host_load(void)
+{
+	double l[3];
+	if (getloadavg(l, 3) != 3)
+		return NULL;
+	json_t *o = json_pack("{s:f,s:f,s:f}", "load1", l[0], "load5", l[1], "load15", l[2]);
+	_cleanup_fclose_ FILE *f = fopen("/proc/meminfo", "re");
+	unsigned long long total = 0, avail = 0;
+	char line[256];
+	while (f && fgets(line, sizeof(line), f)) {
+		if (startswith(line, "MemTotal:"))
+			total = strtoull(line + 9, NULL, 10) * 1024ULL;
+		else if (startswith(line, "MemAvailable:"))
+			avail = strtoull(line + 13, NULL, 10) * 1024ULL;
+	}
+	if (total && avail <= total) {
+		json_object_set_new(o, "memory_total_bytes", json_integer((json_int_t)total));
+		json_object_set_new(o, "memory_used_bytes", json_integer((json_int_t)(total - avail)));
+	}
+	return o;
+}
+
 /* One heartbeat; returns true when the server long-polls. */
 static bool beat(struct agent *a, struct http *h, int *ret)
 {
@@ -107,8 +150,10 @@ static bool beat(struct agent *a, struct http *h, int *ret)
 		if (atomic_load(&j->done) || job_stop_reason(j) == STOP_LOST)
 			continue;
 		v[n++] = (struct listed){j, j->id, j->fence};
-		json_array_append_new(jobs, json_pack("{s:I,s:I}", "id", (json_int_t)j->id,
-						      "fence", (json_int_t)j->fence));
+		json_t *e = json_pack("{s:I,s:I}", "id", (json_int_t)j->id, "fence",
+				      (json_int_t)j->fence);
+		add_job_usage(e, j);
+		json_array_append_new(jobs, e);
 	}
 	int64_t id = a->id;
 	pthread_mutex_unlock(&a->lock);
@@ -124,6 +169,9 @@ static bool beat(struct agent *a, struct http *h, int *ret)
 		timeout = (long)MAX(left, 200);
 	}
 	json_t *body = json_pack("{s:o,s:I}", "jobs", jobs, "wait_ms", (json_int_t)wait);
+	json_t *load = host_load();
+	if (load)
+		json_object_set_new(body, "load", load);
 	_cleanup_free_ char *path = xasprintf("/v1/agents/%" PRId64 "/heartbeat", id);
 	struct http_reply rep;
 	struct kiln_err err = {0};
