@@ -66,6 +66,8 @@ extern const char cmd_usage_help[];
 int cmd_usage(int argc, char **argv);
 extern const char cmd_stats_help[];
 int cmd_stats(int argc, char **argv);
+extern const char cmd_top_help[];
+int cmd_top(int argc, char **argv);
 /* $XDG_STATE_HOME/kiln[/sub] (else ~/.local/state/kiln[/sub]); caller frees. */
 char *cli_default_state_dir(const char *sub);
 extern const char cmd_up_help[], cmd_run_help[];

@@ -17,6 +17,7 @@ const struct cli_command cli_commands[] = {
 	 cmd_usage},
 	{"stats", "performance report: percentiles, utilisation, recommendations", cmd_stats_help,
 	 cmd_stats},
+	{"top", "live terminal view: queue, agents, jobs, logs", cmd_top_help, cmd_top},
 	{"agent", "run a host agent: lease jobs, run them in sandboxes", cmd_agent_help, cmd_agent},
 	{"up", "run a server and an agent in one process (one machine)", cmd_up_help, cmd_up},
 	{"run", "run a job or a command and follow it (embedded if no server)", cmd_run_help, cmd_run},

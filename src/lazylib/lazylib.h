@@ -24,3 +24,6 @@
  */
 int lazylib_load_curl(struct kiln_err *err);
 int lazylib_load_mhd(struct kiln_err *err);
+int lazylib_load_ncurses(struct kiln_err *err);
+/* ncurses' stdscr (a variable in the library), once newterm() has run. */
+struct _win_st *lazylib_ncurses_stdscr(void);
