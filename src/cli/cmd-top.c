@@ -229,9 +229,10 @@ static int fetch(struct top *t)
 				buf_putc(&l, ',');
 			buf_puts(&l, json_string_value(x));
 		}
+		const char *org = json_string_value(json_object_get(j, "org"));
 		json_t *row = json_pack(
 		    "{s:O,s:O,s:s,s:s,s:s,s:O,s:s}", "id", json_object_get(j, "id"), "name",
-		    json_object_get(j, "name"), "org", "default", "state", "queued", "agent", "",
+		    json_object_get(j, "name"), "org", org ? org : "-", "state", "queued", "agent", "",
 		    "attempt", json_object_get(j, "attempt"), "labels", l.data);
 		buf_release(&l);
 		uint64_t sub = 0;

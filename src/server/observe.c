@@ -99,29 +99,55 @@ static void collect_http(struct metrics *m, void *ud)
 
 /* ---- scheduler gauges ----------------------------------------------------- */
 
+/* Per-org gauges: one row per org the server knows. */
+struct org_count {
+	int64_t id;
+	char *name;
+	size_t queued, unsched, leased, running;
+};
+
+static struct org_count *org_row(struct org_count *v, size_t n, int64_t id)
+{
+	for (size_t i = 0; i < n; i++)
+		if (v[i].id == id)
+			return &v[i];
+	return NULL;
+}
+
 static void collect_sched(struct metrics *m, void *ud)
 {
 	(void)m;
 	struct server *s = ud;
 	struct server_obs *o = s->obs;
-	const char *const org[] = {ORG_DEFAULT};
 	uint64_t now = now_mono_ns();
-	size_t queued = 0, unsched = 0, leased = 0, running = 0, waiters = 0;
+	size_t waiters = 0, n_orgs = 0;
 	/* slots and GPUs: busy, idle (free on ready agents), unavailable (free
 	 * on draining or offline agents); agents: ready, draining, offline */
 	double slots[3] = {0}, gpus[3] = {0}, agents[3] = {0};
 
 	pthread_mutex_lock(&s->lock);
+	for (const struct sorg *g = s->orgs; g; g = g->next)
+		n_orgs++;
+	struct org_count *orgs = xcalloc(n_orgs + 1, sizeof(*orgs));
+	n_orgs = 0;
+	for (const struct sorg *g = s->orgs; g; g = g->next)
+		orgs[n_orgs++] = (struct org_count){.id = g->id, .name = xstrdup(g->name)};
 	for (const struct sclass *c = s->classes; c; c = c->next) {
-		queued += c->n_heap;
+		struct org_count *row = org_row(orgs, n_orgs, c->org_id);
+		if (!row)
+			continue;
+		row->queued += c->n_heap;
 		if (!c->schedulable)
-			unsched += c->n_heap;
+			row->unsched += c->n_heap;
 	}
 	for (const struct sjob *j = s->active_head; j; j = j->anext) {
+		struct org_count *row = org_row(orgs, n_orgs, j->org_id);
+		if (!row)
+			continue;
 		if (j->state == JOB_RUNNING)
-			running++;
+			row->running++;
 		else
-			leased++;
+			row->leased++;
 	}
 	for (const struct req *r = s->waiters_head; r; r = r->wnext)
 		waiters++;
@@ -139,10 +165,21 @@ static void collect_sched(struct metrics *m, void *ud)
 	}
 	pthread_mutex_unlock(&s->lock);
 
-	metric_set(o->queue_depth, org, (double)queued);
-	metric_set(o->queue_unschedulable, org, (double)unsched);
-	metric_set(o->jobs_active, (const char *const[]){"leased", ORG_DEFAULT}, (double)leased);
-	metric_set(o->jobs_active, (const char *const[]){"running", ORG_DEFAULT}, (double)running);
+	/* Reset first: an org that was deleted drops out. */
+	metric_reset(o->queue_depth);
+	metric_reset(o->queue_unschedulable);
+	metric_reset(o->jobs_active);
+	for (size_t i = 0; i < n_orgs; i++) {
+		const char *const org[] = {orgs[i].name};
+		metric_set(o->queue_depth, org, (double)orgs[i].queued);
+		metric_set(o->queue_unschedulable, org, (double)orgs[i].unsched);
+		metric_set(o->jobs_active, (const char *const[]){"leased", orgs[i].name},
+			   (double)orgs[i].leased);
+		metric_set(o->jobs_active, (const char *const[]){"running", orgs[i].name},
+			   (double)orgs[i].running);
+		free(orgs[i].name);
+	}
+	free(orgs);
 	metric_set(o->lease_waiters, NULL, (double)waiters);
 	static const char *const slot_states[] = {"busy", "idle", "unavailable"};
 	static const char *const agent_states[] = {"ready", "draining", "offline"};

@@ -79,7 +79,7 @@ const struct route server_routes[] = {
 	R("GET", "/v1/agents", "agents.list", BODY_NONE, READ, h_agents_list, NULL),
 	R("GET", "/v1/usage", "usage", BODY_NONE, READ, h_usage, NULL),
 	R("GET", "/v1/stats", "stats", BODY_NONE, ROUTE_ADMIN, h_stats, NULL),
-	R("GET", "/v1/overview", "overview", BODY_NONE, ROUTE_ADMIN, h_overview, NULL),
+	R("GET", "/v1/overview", "overview", BODY_NONE, READ, h_overview, NULL),
 	R("GET", "/v1/agents/{id}", "agents.get", BODY_NONE, READ, h_agents_get, NULL),
 	R("POST", "/v1/agents/{id}/drain", "agents.drain", BODY_JSON, OWNER, h_agents_drain, NULL),
 	R("POST", "/v1/agents/{id}/lease", "agents.lease", BODY_JSON, AGENT, h_agents_lease, NULL),

@@ -83,18 +83,19 @@ static bool agent_online(struct server *s, const struct sagent *a, uint64_t mono
 	return a->last_seen_ns && mono - a->last_seen_ns < s->cfg.agent_offline_ms * NSEC_PER_MSEC;
 }
 
-static json_t *queue_json(struct server *s, uint64_t mono, size_t *queued, size_t *unsched)
+static json_t *queue_json(struct req *r, uint64_t mono, size_t *queued, size_t *unsched)
 {
+	struct server *s = r->srv;
 	json_t *arr = json_array();
 	for (struct sclass *c = s->classes; c; c = c->next) {
-		if (!c->n_heap)
+		if (!c->n_heap || !access_org_visible(r, c->org_id))
 			continue;
 		uint64_t oldest = mono;
 		for (size_t i = 0; i < c->n_heap; i++)
 			oldest = MIN(oldest, c->heap[i]->queued_ns);
 		_cleanup_free_ char *labels = proto_labels_join(c->labels, c->n_labels);
 		json_t *o = json_pack(
-		    "{s:s,s:s,s:I,s:f,s:b,s:o}", "org", ORG_DEFAULT, "labels", labels, "queued",
+		    "{s:s,s:s,s:I,s:f,s:b,s:o}", "org", org_name(s, c->org_id), "labels", labels, "queued",
 		    (json_int_t)c->n_heap, "oldest_wait_seconds", (double)(mono - oldest) / 1e9,
 		    "schedulable", c->schedulable, "needs", proto_capacity_to_json(&c->needs));
 		json_object_set_new(o, "reason", c->reason ? json_string(c->reason) : json_null());
@@ -139,12 +140,12 @@ static json_t *agent_json(struct server *s, const struct sagent *a, uint64_t mon
 	return o;
 }
 
-static json_t *running_json(const struct sjob *j, uint64_t mono)
+static json_t *running_json(struct server *s, const struct sjob *j, uint64_t mono)
 {
 	_cleanup_free_ char *labels = proto_labels_join(j->cls->labels, j->cls->n_labels);
 	json_t *o = json_pack(
 	    "{s:I,s:s,s:s,s:s,s:s,s:I,s:I,s:f,s:s}", "id", (json_int_t)j->id, "name", j->name,
-	    "org", ORG_DEFAULT, "state", job_state_to_string(j->state), "agent",
+	    "org", org_name(s, j->org_id), "state", job_state_to_string(j->state), "agent",
 	    j->agent ? j->agent->name : "", "attempt", (json_int_t)j->attempt, "fence",
 	    (json_int_t)j->fence, "elapsed_seconds",
 	    (double)(mono > j->leased_ns ? mono - j->leased_ns : 0) / 1e9, "labels", labels);
@@ -179,8 +180,12 @@ void h_overview(struct req *r)
 	json_t *agents = json_array(), *jobs = json_array();
 
 	pthread_mutex_lock(&s->lock);
-	json_t *queue = queue_json(s, mono, &queued, &unsched);
+	/* A viewer sees its org's queue and jobs, and the agents of its pool and
+	 * of the shared pool; an admin sees everything. */
+	json_t *queue = queue_json(r, mono, &queued, &unsched);
 	for (const struct sagent *a = s->agents; a; a = a->next) {
+		if (a->org_id && !access_org_visible(r, a->org_id))
+			continue;
 		json_t *o = agent_json(s, a, mono, now);
 		const char *state = json_string_value(json_object_get(o, "state"));
 		st[streq(state, "ready") ? 0 : streq(state, "draining") ? 1 : 2]++;
@@ -191,19 +196,21 @@ void h_overview(struct req *r)
 		busy_gpus += a->used.gpus;
 	}
 	for (const struct sjob *j = s->active_head; j; j = j->anext) {
-		json_array_append_new(jobs, running_json(j, mono));
+		if (!access_org_visible(r, j->org_id))
+			continue;
+		json_array_append_new(jobs, running_json(s, j, mono));
 		*(j->state == JOB_RUNNING ? &running : &leased) += 1;
 	}
 	pthread_mutex_unlock(&s->lock);
 
 	/* Running jobs in id order, so a selection stays put between refreshes. */
 	size_t n = json_array_size(jobs);
-	json_t **v =
-	    xcalloc(n + 1, sizeof(*v)); // NOLINT(bugprone-sizeof-expression): an array of pointers
+	// NOLINTNEXTLINE(bugprone-sizeof-expression): an array of pointers
+	json_t **v = xcalloc(n + 1, sizeof(*v));
 	for (size_t i = 0; i < n; i++)
 		v[i] = json_incref(json_array_get(jobs, i));
-	qsort(v, n, sizeof(*v),
-	      cmp_running); // NOLINT(bugprone-sizeof-expression): an array of pointers
+	// NOLINTNEXTLINE(bugprone-sizeof-expression): an array of pointers
+	qsort(v, n, sizeof(*v), cmp_running);
 	json_array_clear(jobs);
 	for (size_t i = 0; i < n; i++)
 		json_array_append_new(jobs, v[i]);

@@ -44,7 +44,11 @@ static void usage_done(struct store_mut *m, void *ud)
 		struct proto_usage usage = m->usage.usage;
 		usage.gpus = m->usage.ret_gpus;
 		usage.queue_wait_ms = m->usage.ret_queue_wait_ms;
-		obs_attempt_usage(u->srv, &usage, ORG_DEFAULT);
+		char org[128];
+		pthread_mutex_lock(&u->srv->lock);
+		snprintf(org, sizeof(org), "%s", org_name(u->srv, m->usage.ret_org_id));
+		pthread_mutex_unlock(&u->srv->lock);
+		obs_attempt_usage(u->srv, &usage, org);
 	} else if (m->result < 0) {
 		log_debug("usage report not recorded job=%" PRId64 " fence=%" PRId64 " result=%d",
 		          m->usage.job_id, m->usage.fence, m->result);

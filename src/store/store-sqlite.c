@@ -146,7 +146,7 @@ static const char *const stmt_sql[ST_MAX] = {
 			     "cpu_system_ms = ?5, memory_peak_bytes = ?6, io_read_bytes = ?7, "
 			     "io_write_bytes = ?8, oom_kills = ?9, executor = ?10 "
 			     "WHERE fence = ?2 AND job_id = ?1 AND usage_reported = 0 "
-			     "RETURNING gpus, queue_wait_ms",
+			     "RETURNING gpus, queue_wait_ms, (SELECT org_id FROM jobs WHERE id = ?1)",
 	[ST_USAGE_OF] = "SELECT usage_reported FROM attempts WHERE fence = ?2 AND job_id = ?1",
 };
 
@@ -658,6 +658,7 @@ static int apply_usage(struct conn *c, struct store_mut *m)
 	if (updated) {
 		m->usage.ret_gpus = sqlite3_column_int64(st, 0);
 		m->usage.ret_queue_wait_ms = (uint64_t)sqlite3_column_int64(st, 1);
+		m->usage.ret_org_id = sqlite3_column_int64(st, 2);
 		while ((rc = sqlite3_step(st)) == SQLITE_ROW)
 			;
 	}

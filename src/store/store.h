@@ -189,13 +189,15 @@ struct store_mut {
 		 * the job's state now (a cancelled attempt used resources too).
 		 * Result 1: already recorded (the first report counts); -ENOENT:
 		 * no attempt of job_id has this fence. On success, ret_gpus and
-		 * ret_queue_wait_ms hold what the lease stored.
+		 * ret_queue_wait_ms hold what the lease stored, ret_org_id the
+		 * job's org.
 		 */
 		struct {
 			int64_t job_id, fence;
 			struct proto_usage usage;
 			int64_t ret_gpus;
 			uint64_t ret_queue_wait_ms;
+			int64_t ret_org_id;
 		} usage;
 		struct {
 			const char *name;

@@ -1,7 +1,8 @@
 """A `kiln up` process (server + agent in one) for tests that need real jobs
 and a live fleet: kiln top in tmux, Prometheus scraping. It binds
-127.0.0.1:0, reports its address through --addr-file, keeps the client
-config untouched (--no-config), puts its sandboxes under a cgroup parent of
+127.0.0.1:0, reports its address through --addr-file (its admin token is in
+<state>/admin.token: self.token), keeps the client config untouched
+(--no-config), puts its sandboxes under a cgroup parent of
 its own, and is stopped by its PID (SIGTERM, then a second SIGTERM to stop
 running jobs at once, then SIGKILL)."""
 import os
@@ -9,8 +10,9 @@ import signal
 import subprocess
 
 import kilnagent
+import kilnapi
 import kilntest
-from kilnapi import Client, wait_for
+from kilnapi import Client, admin_token, wait_for
 
 
 def skip_reason():
@@ -45,6 +47,9 @@ class Up:
                                  f"{self.read_log()[-2000:]}")
         with open(self.addr_file) as f:
             self.addr = f.read().strip()
+        # Its first admin token: Clients of this address use it by default.
+        self.token = admin_token(self.state)
+        kilnapi.TOKENS[self.addr] = self.token
         api = Client(self.addr)
         try:
             wait_for(lambda: any(a["online"] for a in api.ok("GET", "/v1/agents")["agents"]),

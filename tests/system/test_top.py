@@ -111,7 +111,8 @@ class TopTest(kilntest.TempDirTestCase):
 
     def top(self, *args, width=160, height=48):
         sock = os.path.join(self.tmp, f"tmux-{len(os.listdir(self.tmp))}.sock")
-        cmd = " ".join([kilntest.KILN, "top", "--server", self.up.addr] + list(args))
+        cmd = " ".join([kilntest.KILN, "top", "--server", self.up.addr, "--token",
+                        self.up.token] + list(args))
         s = Screen(sock, cmd, width, height)
         self.addCleanup(s.kill)
         return s
