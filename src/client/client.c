@@ -9,12 +9,15 @@
 #include <ctype.h>
 #include <inttypes.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <sys/stat.h>
 
 #define MAX_ANSWER (64u << 20)
 
 struct kiln_client {
 	CURL *curl;
+	CURLM *multi; /* runs each transfer, so that client_abort() can cut it */
+	atomic_bool aborted;
 	char *server; /* without a trailing '/' */
 	char *auth;   /* "Authorization: Bearer ..." or NULL */
 	long timeout_ms;
@@ -167,7 +170,8 @@ int client_new(const char *server, const char *token, struct kiln_client **ret,
 	if (token && *token)
 		c->auth = xasprintf("Authorization: Bearer %s", token);
 	c->curl = curl_easy_init();
-	if (!c->curl) {
+	c->multi = curl_multi_init();
+	if (!c->curl || !c->multi) {
 		client_free(c);
 		return kiln_err_set(err, -ENOMEM, "cannot initialise libcurl");
 	}
@@ -182,12 +186,60 @@ void client_free(struct kiln_client *c)
 		return;
 	if (c->curl)
 		curl_easy_cleanup(c->curl);
+	if (c->multi)
+		curl_multi_cleanup(c->multi);
 	free(c->server);
 	free(c->auth);
 	free(c);
 }
 
 const char *client_server(const struct kiln_client *c) { return c->server; }
+
+void client_abort(struct kiln_client *c)
+{
+	atomic_store(&c->aborted, true);
+	curl_multi_wakeup(c->multi);
+}
+
+void client_reset_abort(struct kiln_client *c) { atomic_store(&c->aborted, false); }
+
+/*
+ * curl_easy_perform, through the client's multi handle: the same transfer
+ * (the easy handle keeps its connection), but client_abort() can wake the
+ * wait and end it.
+ */
+static CURLcode run_transfer(struct kiln_client *c)
+{
+	if (atomic_load(&c->aborted))
+		return CURLE_ABORTED_BY_CALLBACK;
+	curl_multi_add_handle(c->multi, c->curl);
+	CURLcode code = CURLE_OK;
+	for (;;) {
+		int running = 0;
+		if (curl_multi_perform(c->multi, &running) != CURLM_OK) {
+			code = CURLE_RECV_ERROR;
+			break;
+		}
+		int left;
+		CURLMsg *msg;
+		bool done = false;
+		while ((msg = curl_multi_info_read(c->multi, &left)))
+			if (msg->msg == CURLMSG_DONE) {
+				code = msg->data.result;
+				done = true;
+			}
+		if (done || !running)
+			break;
+		if (!atomic_load(&c->aborted))
+			curl_multi_poll(c->multi, NULL, 0, 1000, NULL);
+		if (atomic_load(&c->aborted)) {
+			code = CURLE_ABORTED_BY_CALLBACK;
+			break;
+		}
+	}
+	curl_multi_remove_handle(c->multi, c->curl);
+	return code;
+}
 
 void client_set_timeout(struct kiln_client *c, long ms) { c->timeout_ms = ms; }
 
@@ -314,11 +366,13 @@ static void setup(struct kiln_client *c, const char *method, const char *path,
 static int perform(struct kiln_client *c, struct sink *sink, long *ret_status, json_t **ret,
 		   struct kiln_err *err)
 {
-	CURLcode rc = curl_easy_perform(c->curl);
+	CURLcode rc = run_transfer(c);
 	long status = 0;
 	curl_easy_getinfo(c->curl, CURLINFO_RESPONSE_CODE, &status);
 	if (ret_status)
 		*ret_status = status;
+	if (rc == CURLE_ABORTED_BY_CALLBACK)
+		return kiln_err_set(err, -ECANCELED, "request to %s stopped", c->server);
 	if (rc != CURLE_OK && !(sink->stopped && rc == CURLE_WRITE_ERROR)) {
 		if (sink->too_big)
 			return kiln_err_set(err, -EFBIG, "the answer of %s is larger than 64 MiB",

@@ -53,6 +53,13 @@ void client_free(struct kiln_client *c);
 const char *client_server(const struct kiln_client *c);
 /* Per-request timeout in ms (0 = none; default 60 s). Long-polls add their wait. */
 void client_set_timeout(struct kiln_client *c, long ms);
+/*
+ * Ends the request in progress at once (safe from any thread: a long-poll
+ * need not hold up a stop); it and every later request fail with
+ * -ECANCELED until client_reset_abort().
+ */
+void client_abort(struct kiln_client *c);
+void client_reset_abort(struct kiln_client *c);
 
 /*
  * One request with an optional body; the answer (JSON) in *ret (NULL for an
