@@ -26,32 +26,27 @@
 #include <pthread.h>
 #include <stdatomic.h>
 
-/* ---- http (http.c) -------------------------------------------------------- */
-
-#define HTTP_REPLY_MAX (8u << 20) /* largest reply body the agent accepts */
+/* ---- http (http.c): the agent's calls, on src/client ----------------------- */
 
 struct http;
 
 struct http_reply {
-	long status;     /* HTTP status */
-	struct buf body; /* raw body */
-	json_t *json;    /* parsed when the body is a JSON object, else NULL */
+	long status;  /* HTTP status */
+	json_t *json; /* the body when it is a JSON object (errors too), else NULL */
 };
 
 /* "host:port" or a URL -> "http://host:port" without trailing '/'; caller frees. */
 char *http_base_url(const char *server);
 struct http *http_new(const char *base_url, const char *token);
 void http_free(struct http *h);
-const char *http_base(const struct http *h);
 /* Interrupts the request in progress (any thread); later ones fail at once
  * with -ECANCELED until http_reset_abort(). */
 void http_abort(struct http *h);
 void http_reset_abort(struct http *h);
-bool http_aborted(const struct http *h);
 /*
  * One request; body (len bytes) is JSON when json_body, else raw bytes.
  * Returns 0 with any HTTP status in ret (the caller releases it), or -errno
- * for a transport failure (err set; ret empty).
+ * when the server was not reached (err set; ret empty).
  */
 int http_request(struct http *h, const char *method, const char *path, bool json_body,
 		 const void *body, size_t len, long timeout_ms, struct http_reply *ret,
@@ -63,7 +58,7 @@ int http_json(struct http *h, const char *method, const char *path, json_t *body
 int http_put_fd(struct http *h, const char *path, int fd, uint64_t size, long timeout_ms,
 		struct http_reply *ret, struct kiln_err *err);
 void http_reply_release(struct http_reply *r);
-/* The API error body's code / message (message falls back to the raw body). */
+/* The API error body's code / message. */
 const char *http_error_code(const struct http_reply *r);
 const char *http_error_message(const struct http_reply *r);
 /* Percent-encodes everything but unreserved characters and '/'; caller frees. */
