@@ -279,7 +279,7 @@ static void select_files(struct job *j, int ws, struct strs *out)
 				close(fd);
 			if (!dir) {
 				/* A single path: upload_one says why if it cannot be read. */
-				if (fd >= 0 || fd != -ENOENT)
+				if (fd != -ENOENT)
 					strs_push(out, xstrdup(pat));
 				else
 					spool_marker(j, "artifact '%s' not found", pat);

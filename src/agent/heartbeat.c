@@ -221,7 +221,8 @@ void *heartbeat_main(void *p)
 		if (r < 0) {
 			/* Unreachable server: retry soon (the fence check runs on
 			 * every round). */
-			agent_sleep_hb(a, MIN(backoff_ms(failures++), 1000));
+			uint64_t ms = backoff_ms(failures++);
+			agent_sleep_hb(a, MIN(ms, 1000));
 			continue;
 		}
 		failures = 0;

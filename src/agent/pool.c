@@ -141,7 +141,7 @@ static struct warm **want_locked(struct agent *a, const struct sandbox_config *c
 	a->want_cfg.n_binds = 0;
 	struct warm **old = NULL;
 	if (a->n_warm) {
-		old = xcalloc(a->n_warm, sizeof(*old));
+		old = xcalloc(a->n_warm, sizeof(struct warm *)); // NOLINT(bugprone-sizeof-expression): an array of pointers
 		for (size_t i = 0; i < a->n_warm; i++)
 			old[i] = a->warm_v[i];
 		*ret_n = a->n_warm;
@@ -153,6 +153,8 @@ static struct warm **want_locked(struct agent *a, const struct sandbox_config *c
 
 static void free_list(struct warm **v, size_t n)
 {
+	if (!v)
+		return;
 	for (size_t i = 0; i < n; i++)
 		warm_free(v[i], true);
 	free(v);
@@ -162,7 +164,7 @@ int pool_start(struct agent *a, const struct sandbox_config *initial)
 {
 	if (!a->cfg.warm)
 		return 0;
-	a->warm_v = xcalloc(a->cfg.warm, sizeof(*a->warm_v));
+	a->warm_v = xcalloc(a->cfg.warm, sizeof(struct warm *)); // NOLINT(bugprone-sizeof-expression): an array of pointers
 	pthread_condattr_t ca;
 	pthread_condattr_init(&ca);
 	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
