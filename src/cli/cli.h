@@ -78,6 +78,7 @@ int cmd_org(int argc, char **argv);
 int cmd_token(int argc, char **argv);
 int cmd_whoami(int argc, char **argv);
 int cmd_admin(int argc, char **argv);
-extern const char cmd_secret_help[];
+extern const char cmd_secret_help[], cmd_webhook_help[];
 int cmd_secret(int argc, char **argv);
+int cmd_webhook(int argc, char **argv);
 

@@ -35,6 +35,14 @@ const char cmd_server_help[] =
 	"                         or base64 of 32 bytes); else $KILN_MASTER_KEY, else\n"
 	"                         DIR/master.key, generated on first start (mode 0600)\n"
 	"  --max-running-per-org N  leased + running jobs per org (default: no cap)\n"
+	"  --github-runner-command CMD  what a queued GitHub workflow job runs: a shell\n"
+	"                         step reading GH_JOB_ID, GH_REPOSITORY, GH_LABELS,\n"
+	"                         GH_RUNNER_NAME... (docs/github.md)\n"
+	"  --github-runner-secrets NAMES  secrets that step gets (A,B: e.g. an app token\n"
+	"                         for a just-in-time runner config)\n"
+	"  --webhook-retention DURATION  delivery ids kept against replays (default 8d,\n"
+	"                         at least 8d)\n"
+	"  --webhook-body-max SIZE  largest webhook delivery (default 25Mi)\n"
 	"  --unsafe-no-fsync      commit without fsync (synchronous=NORMAL): a machine\n"
 	"                         crash may lose acknowledged jobs; for benchmarks only\n"
 	"  --list-routes          print every route (METHOD PATH) and exit\n"
@@ -100,6 +108,10 @@ enum {
 	OPT_ROUTES,
 	OPT_MASTER_KEY,
 	OPT_MAX_RUNNING,
+	OPT_GH_CMD,
+	OPT_GH_SECRETS,
+	OPT_WH_RETENTION,
+	OPT_WH_BODY,
 };
 
 int cmd_server(int argc, char **argv)
@@ -125,6 +137,10 @@ int cmd_server(int argc, char **argv)
 		{"list-routes", no_argument, NULL, OPT_ROUTES},
 		{"master-key-file", required_argument, NULL, OPT_MASTER_KEY},
 		{"max-running-per-org", required_argument, NULL, OPT_MAX_RUNNING},
+		{"github-runner-command", required_argument, NULL, OPT_GH_CMD},
+		{"github-runner-secrets", required_argument, NULL, OPT_GH_SECRETS},
+		{"webhook-retention", required_argument, NULL, OPT_WH_RETENTION},
+		{"webhook-body-max", required_argument, NULL, OPT_WH_BODY},
 		{0},
 	};
 	struct server_config cfg;
@@ -203,6 +219,18 @@ int cmd_server(int argc, char **argv)
 		case OPT_NO_FSYNC: cfg.durable = false; break;
 		case OPT_ROUTES: server_print_routes(stdout); return EXIT_OK;
 		case OPT_MASTER_KEY: cfg.master_key_file = optarg; break;
+		case OPT_GH_CMD: cfg.github_runner_command = optarg; break;
+		case OPT_GH_SECRETS: cfg.github_runner_secrets = optarg; break;
+		case OPT_WH_RETENTION:
+			if ((r = duration_opt("--webhook-retention", optarg, &ms)))
+				return r;
+			cfg.webhook_retention_ms = ms;
+			break;
+		case OPT_WH_BODY:
+			if ((r = size_opt("--webhook-body-max", optarg, &v)))
+				return r;
+			cfg.webhook_body_max = v;
+			break;
 		case OPT_MAX_RUNNING: {
 			unsigned n = 0;
 			if ((r = uint_opt("--max-running-per-org", optarg, 0, 1000000, &n)))

@@ -657,3 +657,138 @@ int cmd_secret(int argc, char **argv)
 	free(pos);
 	return rc;
 }
+
+/* ---- kiln webhook --------------------------------------------------------- */
+
+const char cmd_webhook_help[] =
+	"usage: kiln webhook secret [--org ORG] [--server URL] [--token TOKEN] < secret\n"
+	"       kiln webhook drop-previous [--org ORG] [--server URL] [--token TOKEN]\n"
+	"       kiln webhook deliveries [--org ORG] [--limit N] [-o FORMAT]\n"
+	"\n"
+	"GitHub workflow_job intake. Point a GitHub webhook (content type\n"
+	"application/json, event 'Workflow jobs') at\n"
+	"  http://SERVER/v1/webhooks/github/ORG   (or /v1/webhooks/github: 'default')\n"
+	"with a secret, and give kiln the same secret: 'secret' reads it from stdin\n"
+	"(from a terminal without echo) and keeps the one it replaces accepted too,\n"
+	"for a rotation; 'drop-previous' stops accepting the replaced one. Needs an\n"
+	"owner (or admin) token.\n"
+	"\n"
+	"A 'queued' job whose labels (without 'self-hosted') an agent of the org's\n"
+	"pools has becomes a kiln job running the server's --github-runner-command;\n"
+	"'completed' for such a job kiln never started cancels it; the rest is\n"
+	"recorded. 'deliveries' lists what kiln did with the latest deliveries.\n"
+	"\n"
+	"exit codes: 0 done, 1 refused or server error, 2 usage error.\n";
+
+static void deliveries_table(const json_t *v)
+{
+	struct table t;
+	table_init(&t, 6, "RECEIVED", "DELIVERY", "EVENT", "ACTION", "JOB", "OUTCOME");
+	size_t i;
+	const json_t *o;
+	json_array_foreach(v, i, o) {
+		char age[32], job[64];
+		cli_age(json_object_get(o, "received_at"), age);
+		table_add(&t, age, json_string_value(json_object_get(o, "delivery")),
+			  json_string_value(json_object_get(o, "event")),
+			  json_string_value(json_object_get(o, "action")),
+			  cli_str(json_object_get(o, "job"), job),
+			  json_string_value(json_object_get(o, "outcome")));
+	}
+	table_print(&t, stdout);
+	table_release(&t);
+}
+
+enum { OPT_LIMIT = 300 };
+
+int cmd_webhook(int argc, char **argv)
+{
+	static const struct option opts[] = {COMMON_OPTS, {"org", required_argument, NULL, OPT_ORG},
+					     {"limit", required_argument, NULL, OPT_LIMIT}, {0}};
+	struct common co = {.cmd = "webhook"};
+	const char *org = NULL;
+	int64_t limit = 50;
+	char **pos = xcalloc((size_t)argc + 1, sizeof(char *));
+	int npos = 0, c;
+	while (optind < argc && (c = getopt_long(argc, argv, "-ho:", opts, NULL)) != -1) {
+		if (c == 1) {
+			pos[npos++] = optarg;
+			continue;
+		}
+		if (c == OPT_ORG) {
+			org = optarg;
+			continue;
+		}
+		if (c == OPT_LIMIT) {
+			if (parse_int64(optarg, 1, 1000, &limit) < 0) {
+				free(pos);
+				return cli_usage_error("webhook", "--limit: '%s' is not in 1..1000",
+						       optarg);
+			}
+			continue;
+		}
+		int r = common_opt(&co, c);
+		if (r) {
+			free(pos);
+			return r == 1 ? cli_usage_error("webhook", "unknown option") : finish(r);
+		}
+	}
+	while (optind < argc)
+		pos[npos++] = argv[optind++];
+	const char *sub = npos == 1 ? pos[0] : "";
+	free(pos);
+	_cleanup_free_ char *oq = org ? client_escape(org, false) : NULL;
+	int rc;
+	if (streq(sub, "secret")) {
+		struct buf v = BUF_INIT;
+		if (read_value(&v) < 0 || v.len == 0) {
+			buf_release(&v);
+			return cli_usage_error("webhook", "give the secret on stdin");
+		}
+		struct kiln_client *cl = cli_connect("webhook", co.server, co.token);
+		rc = EXIT_FAIL;
+		if (cl) {
+			_cleanup_free_ char *path = xasprintf("/v1/github/webhook-secret%s%s",
+							      oq ? "?org=" : "", oq ? oq : "");
+			struct kiln_err err = {0};
+			json_t *ans = NULL;
+			if (client_request(cl, "PUT", path, "application/octet-stream", v.data, v.len,
+					   NULL, &ans, &err) < 0) {
+				rc = cli_client_fail("webhook", &err);
+			} else {
+				rc = EXIT_OK;
+				fprintf(stderr, "webhook secret set%s\n",
+					json_is_true(json_object_get(ans, "previous_kept"))
+						? "; the one it replaces is accepted until 'kiln webhook "
+						  "drop-previous'"
+						: "");
+			}
+			json_decref(ans);
+			client_free(cl);
+		}
+		explicit_bzero(v.data, v.len);
+		buf_release(&v);
+	} else if (streq(sub, "drop-previous")) {
+		_cleanup_free_ char *path = xasprintf("/v1/github/webhook-secret/previous%s%s",
+						      oq ? "?org=" : "", oq ? oq : "");
+		rc = request(&co, "DELETE", path, NULL, NULL);
+		if (rc == EXIT_OK)
+			printf("the previous webhook secret is no longer accepted\n");
+	} else if (streq(sub, "deliveries")) {
+		_cleanup_free_ char *path = xasprintf("/v1/github/deliveries?limit=%" PRId64 "%s%s",
+						      limit, oq ? "&org=" : "", oq ? oq : "");
+		json_t *ans = NULL;
+		rc = request(&co, "GET", path, NULL, &ans);
+		if (rc == EXIT_OK) {
+			const json_t *v = json_object_get(ans, "deliveries");
+			if (co.out == OUT_TABLE)
+				deliveries_table(v);
+			else
+				print_doc(&co, v);
+		}
+		json_decref(ans);
+	} else {
+		rc = cli_usage_error("webhook", "expected 'secret', 'drop-previous' or 'deliveries'");
+	}
+	return rc;
+}

@@ -28,6 +28,7 @@ const struct cli_command cli_commands[] = {
 	{"whoami", "show which token the client uses", cmd_whoami_help, cmd_whoami},
 	{"admin", "mint an admin token locally; rotate the master key", cmd_admin_help, cmd_admin},
 	{"secret", "set, list and delete an org's secrets", cmd_secret_help, cmd_secret},
+	{"webhook", "GitHub webhook intake: secret, deliveries", cmd_webhook_help, cmd_webhook},
 };
 const size_t cli_commands_count = ARRAY_SIZE(cli_commands);
 

@@ -486,6 +486,7 @@ static uint64_t route_body_limit(struct server *s, const struct route *rt)
 	switch (rt->body) {
 	case BODY_JSON:
 	case BODY_TEXT: return s->cfg.body_max;
+	case BODY_WEBHOOK: return s->cfg.webhook_body_max;
 	case BODY_LOG: return s->cfg.log_chunk_max;
 	case BODY_STREAM: return s->cfg.artifact_max;
 	case BODY_NONE: return 0;
@@ -542,7 +543,7 @@ static enum MHD_Result first_call(struct server *s, struct req *r, const char *u
 		}
 	}
 	bool timed_body = r->route->body == BODY_JSON || r->route->body == BODY_TEXT ||
-			  r->route->body == BODY_LOG;
+			  r->route->body == BODY_LOG || r->route->body == BODY_WEBHOOK;
 	set_deadline(s, r->ci,
 		     timed_body ? now_mono_ns() + s->cfg.body_timeout_ms * NSEC_PER_MSEC : 0);
 	if (r->route->body == BODY_STREAM) {

@@ -100,7 +100,7 @@ static void own_job(struct submit_ctx *c, size_t i, char *name, char *runs_on, c
 	c->v[i].spec_json = spec;
 }
 
-static void submit_ctx_free(void *p)
+void submit_ctx_free(void *p)
 {
 	struct submit_ctx *c = p;
 	if (!c)
@@ -129,8 +129,13 @@ static void submit_done(struct store_mut *m, void *ud)
 	req_reply_text(r, MHD_HTTP_CREATED, "application/json", TAKE_PTR(c->reply), len);
 }
 
-/* Assigns ids, indexes the jobs, queues the insert, then dispatches. */
-static void submit_jobs(struct req *r, struct submit_ctx *c)
+/*
+ * Assigns ids, indexes the jobs, queues the insert, then dispatches. The
+ * insert is r->mut (STORE_JOBS_INSERT, answered by submit_done, r->ctx = c)
+ * unless `carrier` is given: a mutation of the caller's that inserts the
+ * one job itself (a webhook delivery), answered by its own done.
+ */
+static void submit_jobs_with(struct req *r, struct submit_ctx *c, struct store_mut *carrier)
 {
 	struct server *s = r->srv;
 	json_t *arr = json_array();
@@ -173,19 +178,25 @@ static void submit_jobs(struct req *r, struct submit_ctx *c)
 		log_info("jobs submitted jobs=%" PRId64 "-%" PRId64 " count=%zu org=%s req=%s name=%s",
 			 c->v[0].id, c->v[c->n - 1].id, c->n, org_name(s, c->v[0].org_id), r->id,
 			 log_field(c->v[0].name, nb, sizeof(nb)));
-	r->ctx = c;
-	r->ctx_free = submit_ctx_free;
-	r->mut = (struct store_mut){.kind = STORE_JOBS_INSERT,
-				    .insert = {c->v, c->n},
-				    .done = submit_done,
-				    .userdata = r};
+	struct store_mut *m = carrier;
+	if (carrier) {
+		carrier->webhook.job = &c->v[0];
+	} else {
+		r->ctx = c;
+		r->ctx_free = submit_ctx_free;
+		r->mut = (struct store_mut){.kind = STORE_JOBS_INSERT,
+					    .insert = {c->v, c->n},
+					    .done = submit_done,
+					    .userdata = r};
+		m = &r->mut;
+	}
 	/* The insert is queued before any lease of these jobs. */
 	if (c->n == 1)
 		req_audit_target(r, "job %" PRId64, c->v[0].id);
 	else
 		req_audit_target(r, "jobs %" PRId64 "-%" PRId64, c->v[0].id, c->v[c->n - 1].id);
 	req_audit_org(r, c->v[0].org_id);
-	uint64_t seq = req_submit(r, &r->mut, 201);
+	uint64_t seq = req_submit(r, m, 201);
 	for (size_t i = 0; i < c->n; i++)
 		made[i]->insert_seq = seq;
 	for (size_t i = 0; i < c->n; i++)
@@ -231,16 +242,15 @@ static const char *spec_file_name(struct req *r)
 	return f;
 }
 
-void h_jobs_submit(struct req *r)
+static void submit_jobs(struct req *r, struct submit_ctx *c) { submit_jobs_with(r, c, NULL); }
+
+struct submit_ctx *jobs_prepare(struct req *r, const char *file, const char *text, size_t len,
+				int64_t org_id)
 {
-	int64_t org_id;
-	if (access_target_org(r, req_query(r, "org"), &org_id) < 0)
-		return;
 	struct spec_job **jobs = NULL;
 	size_t n = 0;
 	struct spec_diags diags = {0};
-	int rc = spec_load(spec_file_name(r), r->body.data ? r->body.data : "", r->body.len, &jobs,
-			   &n, &diags);
+	int rc = spec_load(file, text, len, &jobs, &n, &diags);
 	if (rc < 0) {
 		struct buf msg = BUF_INIT;
 		spec_diags_format(&diags, &msg);
@@ -254,14 +264,14 @@ void h_jobs_submit(struct req *r)
 		spec_diags_release(&diags);
 		req_reply_json(r, rc == -EFBIG ? MHD_HTTP_CONTENT_TOO_LARGE : MHD_HTTP_BAD_REQUEST,
 			       body);
-		return;
+		return NULL;
 	}
 	spec_diags_release(&diags);
 	for (size_t i = 0; i < n; i++)
 		if (jobs[i]->n_secrets &&
 		    secrets_check_names(r, org_id, jobs[i]->secrets, jobs[i]->n_secrets) < 0) {
 			spec_jobs_free(jobs, n);
-			return;
+			return NULL;
 		}
 	struct submit_ctx *c = submit_ctx_new(n);
 	uint64_t now = proto_now_ms();
@@ -270,7 +280,26 @@ void h_jobs_submit(struct req *r)
 		c->v[i].org_id = org_id;
 	}
 	spec_jobs_free(jobs, n);
-	submit_jobs(r, c);
+	return c;
+}
+
+void jobs_commit_with(struct req *r, struct submit_ctx *c, struct store_mut *carrier)
+{
+	submit_jobs_with(r, c, carrier);
+}
+
+int64_t jobs_first_id(const struct submit_ctx *c) { return c->n ? c->v[0].id : 0; }
+size_t jobs_count(const struct submit_ctx *c) { return c->n; }
+
+void h_jobs_submit(struct req *r)
+{
+	int64_t org_id;
+	if (access_target_org(r, req_query(r, "org"), &org_id) < 0)
+		return;
+	struct submit_ctx *c = jobs_prepare(r, spec_file_name(r), r->body.data ? r->body.data : "",
+					    r->body.len, org_id);
+	if (c)
+		submit_jobs(r, c);
 }
 
 void h_jobs_retry(struct req *r)

@@ -51,7 +51,7 @@ void mut_submit_detached(struct server *s, struct store_mut *m)
 	store_submit(s->store, m);
 }
 
-static void mut_set_msg(struct store_mut *m, char *msg)
+void mut_set_msg(struct store_mut *m, char *msg)
 {
 	struct owned_mut *o = (struct owned_mut *)m;
 	free(o->msg);
@@ -1043,6 +1043,7 @@ void sched_tick(struct server *s, uint64_t now)
 			sched_kick_agent(s, a);
 	}
 	http_check_deadlines(s, now);
+	webhook_tick(s, now);
 	logs_ping(s, now);
 }
 

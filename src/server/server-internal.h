@@ -15,6 +15,11 @@
 #pragma once
 
 #include "proto/proto.h"
+
+/* What a queued GitHub job runs when no --github-runner-command is given. */
+#define SERVER_DEFAULT_RUNNER_COMMAND                                                           \
+	"echo \"kiln: GitHub job $GH_JOB_ID of $GH_REPOSITORY ($GH_LABELS) has no runner to "   \
+	"start: run kiln server with --github-runner-command\" >&2; exit 1"
 #include "server.h"
 #include "store/store.h"
 
@@ -34,6 +39,7 @@ enum body_kind {
 	BODY_TEXT, /* buffered up to body_max, raw (job specs: YAML or JSON) */
 	BODY_LOG,  /* buffered up to log_chunk_max, raw bytes */
 	BODY_STREAM, /* handed to route->on_data as it arrives (artifacts) */
+	BODY_WEBHOOK, /* buffered up to webhook_body_max, raw (signed deliveries) */
 };
 
 /*
@@ -366,6 +372,8 @@ struct server {
 	pthread_mutex_t keys_lock;    /* keyring, data keys */
 	struct keyring *keys;
 	int64_t next_secret_version;  /* under lock; versions are never reused */
+	struct wh_pending *wh_pending; /* deliveries between checks and commit (lock) */
+	uint64_t wh_next_prune_ns;     /* timer: forget old delivery ids */
 
 	pthread_t timer;
 	pthread_cond_t timer_cond;
@@ -425,6 +433,8 @@ void *sched_timer_main(void *p);
 /* A mutation owned by nobody: freed (and logged if refused) when done. */
 struct store_mut *mut_new(enum store_mut_kind kind);
 void mut_submit_detached(struct server *s, struct store_mut *m);
+/* A message a mut_new() mutation points to, freed with it. */
+void mut_set_msg(struct store_mut *m, char *msg);
 
 /* http.c */
 int http_start(struct server *s, struct kiln_err *err);
@@ -552,6 +562,32 @@ void h_tokens_create(struct req *r);
 void h_tokens_revoke(struct req *r);
 void h_whoami(struct req *r);
 void h_admin_rotate_key(struct req *r);
+
+/* jobs.c: job creation for intake paths (webhooks) */
+struct submit_ctx;
+/*
+ * Loads a spec document for org_id as a submission does (answers 400 and
+ * returns NULL when it is not valid, or names a secret the org lacks).
+ */
+struct submit_ctx *jobs_prepare(struct req *r, const char *file, const char *text, size_t len,
+				int64_t org_id);
+/*
+ * Creates the one job of c in memory and queues `carrier`, a mutation that
+ * inserts it (carrier->webhook.job is set here), with the call's audit
+ * record; dispatches it. c stays the caller's (free with submit_ctx_free).
+ */
+void jobs_commit_with(struct req *r, struct submit_ctx *c, struct store_mut *carrier);
+int64_t jobs_first_id(const struct submit_ctx *c);
+size_t jobs_count(const struct submit_ctx *c);
+void submit_ctx_free(void *p);
+
+/* webhook.c */
+void h_webhook_github(struct req *r);
+void h_webhook_secret_put(struct req *r);
+void h_webhook_secret_drop_previous(struct req *r);
+void h_webhook_deliveries(struct req *r);
+/* Timer, under lock: forgets delivery ids past the retention, hourly. */
+void webhook_tick(struct server *s, uint64_t now_ns);
 
 /* secrets.c */
 int secrets_init(struct server *s, struct kiln_err *err);

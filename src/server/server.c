@@ -36,6 +36,9 @@ void server_config_init(struct server_config *c)
 		.body_timeout_ms = 30000,
 		.idle_timeout_s = 60,
 		.threads = 1,
+		.github_runner_command = SERVER_DEFAULT_RUNNER_COMMAND,
+		.webhook_body_max = 25ULL << 20,
+		.webhook_retention_ms = 8ULL * 24 * 3600 * 1000,
 	};
 }
 
@@ -96,6 +99,16 @@ const struct route server_routes[] = {
 	  NULL),
 	R("POST", "/v1/admin/rotate-key", "admin.rotate_key", BODY_JSON, ADMIN, h_admin_rotate_key,
 	  NULL),
+	R("POST", "/v1/webhooks/github", "webhooks.github", BODY_WEBHOOK,
+	  ROUTE_WEBHOOK | ROUTE_AUDIT, h_webhook_github, NULL),
+	R("POST", "/v1/webhooks/github/{org}", "webhooks.github.org", BODY_WEBHOOK,
+	  ROUTE_WEBHOOK | ROUTE_AUDIT, h_webhook_github, NULL),
+	R("PUT", "/v1/github/webhook-secret", "github.secret.set", BODY_TEXT, OWNER,
+	  h_webhook_secret_put, NULL),
+	R("DELETE", "/v1/github/webhook-secret/previous", "github.secret.drop_previous", BODY_NONE,
+	  OWNER, h_webhook_secret_drop_previous, NULL),
+	R("GET", "/v1/github/deliveries", "github.deliveries", BODY_NONE, READ,
+	  h_webhook_deliveries, NULL),
 	R("GET", "/v1/secrets", "secrets.list", BODY_NONE, READ, h_secrets_list, NULL),
 	R("PUT", "/v1/secrets/{name}", "secrets.set", BODY_TEXT, OWNER, h_secret_put, NULL),
 	R("DELETE", "/v1/secrets/{name}", "secrets.delete", BODY_NONE, OWNER, h_secret_delete,
@@ -148,6 +161,12 @@ static int check_config(const struct server_config *c, struct kiln_err *err)
 		return kiln_err_set(err, -EINVAL, "threads must be in 1..64");
 	if (c->max_connections < 4)
 		return kiln_err_set(err, -EINVAL, "max connections must be at least 4");
+	if (c->webhook_retention_ms < 8ULL * 24 * 3600 * 1000)
+		return kiln_err_set(err, -EINVAL,
+				    "webhook deliveries must be kept at least 8 days (GitHub "
+				    "redelivers for 3, Enterprise Server for 7)");
+	if (!c->github_runner_command || !*c->github_runner_command)
+		return kiln_err_set(err, -EINVAL, "the GitHub runner command is empty");
 	return 0;
 }
 

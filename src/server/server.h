@@ -41,6 +41,12 @@ struct server_config {
 	const char *master_key_file;
 	const char *master_key;
 	int64_t max_running_per_org; /* leased + running jobs per org; 0 = no cap */
+	/* GitHub workflow_job intake (POST /v1/webhooks/github[/ORG]). */
+	const char *github_runner_command; /* the step a queued GitHub job becomes (a template
+					    * reading GH_* variables; default: explains itself) */
+	const char *github_runner_secrets; /* secrets that job names ("A,B"), or NULL */
+	uint64_t webhook_body_max;     /* largest delivery (25 MiB, GitHub's own cap) */
+	uint64_t webhook_retention_ms; /* delivery ids kept for replay checks (>= 8 days) */
 };
 
 /* Fills the defaults above. */

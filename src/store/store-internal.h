@@ -52,6 +52,10 @@ struct store_ops {
 	int (*audit_verify)(struct store *s, int64_t *ret_n, int64_t *ret_bad_seq);
 	int (*webhook_seen)(struct store *s, int64_t org_id, const char *delivery,
 			    int64_t gh_job_id, int64_t run_attempt, const char *action);
+	int (*webhook_deliveries)(struct store *s, int64_t org_id, size_t limit,
+				  struct store_delivery **ret, size_t *ret_n);
+	int (*webhook_event_job)(struct store *s, int64_t org_id, int64_t gh_job_id,
+				 int64_t run_attempt, const char *action, int64_t *ret_job_id);
 };
 
 struct store {

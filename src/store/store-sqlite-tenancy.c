@@ -970,3 +970,80 @@ int sq_webhook_seen(struct store *s, int64_t org_id, const char *delivery, int64
 	int r = run_query(s, &q);
 	return r < 0 ? r : n > 0;
 }
+
+void store_deliveries_free(struct store_delivery *v, size_t n)
+{
+	if (!v)
+		return;
+	for (size_t i = 0; i < n; i++) {
+		free(v[i].delivery);
+		free(v[i].event);
+		free(v[i].action);
+		free(v[i].outcome);
+	}
+	free(v);
+}
+
+static void delivery_row(sqlite3_stmt *st, void *ud)
+{
+	struct store_delivery *d = vec_push(ud);
+	d->delivery = col_dup(st, 0);
+	d->received_at = (uint64_t)sqlite3_column_int64(st, 1);
+	d->org_id = sqlite3_column_int64(st, 2);
+	d->event = col_dup(st, 3);
+	d->action = col_dup(st, 4);
+	d->gh_job_id = sqlite3_column_int64(st, 5);
+	d->run_attempt = sqlite3_column_int64(st, 6);
+	d->outcome = col_dup(st, 7);
+	d->job_id = sqlite3_column_int64(st, 8);
+}
+
+struct deliveries_q {
+	int64_t org_id;
+	size_t limit;
+};
+
+static void bind_deliveries(sqlite3_stmt *st, const void *ud)
+{
+	const struct deliveries_q *q = ud;
+	sqlite3_bind_int64(st, 1, q->org_id);
+	sqlite3_bind_int64(st, 2, (sqlite3_int64)(q->limit ? MIN(q->limit, 1000) : 50));
+}
+
+int sq_webhook_deliveries(struct store *s, int64_t org_id, size_t limit,
+			  struct store_delivery **ret, size_t *ret_n)
+{
+	struct vec x = {.size = sizeof(struct store_delivery)};
+	struct deliveries_q dq = {org_id, limit};
+	struct query q = {.sql = "SELECT delivery, received_at, org_id, event, action, gh_job_id, "
+				 "run_attempt, outcome, job_id FROM webhook_deliveries WHERE "
+				 "(?1 < 0 OR org_id = ?1) ORDER BY received_at DESC, delivery LIMIT ?2",
+			  .bind = bind_deliveries, .bind_ud = &dq, .row = delivery_row,
+			  .row_ud = &x};
+	int r = run_query(s, &q);
+	if (r < 0) {
+		store_deliveries_free(x.v, x.n);
+		return r;
+	}
+	*ret = x.v;
+	*ret_n = x.n;
+	return 0;
+}
+
+int sq_webhook_event_job(struct store *s, int64_t org_id, int64_t gh_job_id, int64_t run_attempt,
+			 const char *action, int64_t *ret_job_id)
+{
+	int64_t job = -1;
+	struct seen_key k = {org_id, "", gh_job_id, run_attempt, action};
+	struct query q = {.sql = "SELECT coalesce((SELECT job_id FROM webhook_events WHERE "
+				 "org_id = ?2 AND gh_job_id = ?3 AND run_attempt = ?4 AND "
+				 "action = ?5), -1) WHERE ?1 = ?1",
+			  .bind = bind_seen, .bind_ud = &k, .row = int_row, .row_ud = &job};
+	int r = run_query(s, &q);
+	if (r < 0)
+		return r;
+	if (job < 0)
+		return -ENOENT;
+	*ret_job_id = job;
+	return 0;
+}

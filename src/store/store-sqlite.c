@@ -1410,6 +1410,8 @@ static const struct store_ops sqlite_ops = {
 	.audit_list = sq_audit_list,
 	.audit_verify = sq_audit_verify,
 	.webhook_seen = sq_webhook_seen,
+	.webhook_deliveries = sq_webhook_deliveries,
+	.webhook_event_job = sq_webhook_event_job,
 };
 
 sqlite3 *sq_reader_get(struct store *s) { return reader_get(to_sq(s))->db; }

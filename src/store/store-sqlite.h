@@ -45,3 +45,7 @@ int sq_audit_list(struct store *s, const struct store_audit_filter *f, struct pr
 int sq_audit_verify(struct store *s, int64_t *ret_n, int64_t *ret_bad_seq);
 int sq_webhook_seen(struct store *s, int64_t org_id, const char *delivery, int64_t gh_job_id,
 		    int64_t run_attempt, const char *action);
+int sq_webhook_deliveries(struct store *s, int64_t org_id, size_t limit,
+			  struct store_delivery **ret, size_t *ret_n);
+int sq_webhook_event_job(struct store *s, int64_t org_id, int64_t gh_job_id, int64_t run_attempt,
+			 const char *action, int64_t *ret_job_id);

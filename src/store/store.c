@@ -310,3 +310,15 @@ int store_webhook_seen(struct store *s, int64_t org_id, const char *delivery,
 {
 	return s->ops->webhook_seen(s, org_id, delivery, gh_job_id, run_attempt, action);
 }
+
+int store_webhook_deliveries(struct store *s, int64_t org_id, size_t limit,
+			     struct store_delivery **ret, size_t *ret_n)
+{
+	return s->ops->webhook_deliveries(s, org_id, limit, ret, ret_n);
+}
+
+int store_webhook_event_job(struct store *s, int64_t org_id, int64_t gh_job_id,
+			    int64_t run_attempt, const char *action, int64_t *ret_job_id)
+{
+	return s->ops->webhook_event_job(s, org_id, gh_job_id, run_attempt, action, ret_job_id);
+}

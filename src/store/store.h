@@ -416,6 +416,18 @@ int store_audit_list(struct store *s, const struct store_audit_filter *f,
  */
 int store_audit_verify(struct store *s, int64_t *ret_n, int64_t *ret_bad_seq);
 
+struct store_delivery {
+	char *delivery, *event, *action, *outcome;
+	int64_t org_id, gh_job_id, run_attempt, job_id;
+	uint64_t received_at;
+};
+void store_deliveries_free(struct store_delivery *v, size_t n);
+/* The newest deliveries of an org (org_id -1: every org), newest first. */
+int store_webhook_deliveries(struct store *s, int64_t org_id, size_t limit,
+			     struct store_delivery **ret, size_t *ret_n);
+/* The kiln job made for (org, GitHub job, run attempt, action); -ENOENT, 0 if none made. */
+int store_webhook_event_job(struct store *s, int64_t org_id, int64_t gh_job_id,
+			    int64_t run_attempt, const char *action, int64_t *ret_job_id);
 /* Is this delivery id, or this (org, GitHub job, run attempt, action), known? 1/0. */
 int store_webhook_seen(struct store *s, int64_t org_id, const char *delivery,
 		       int64_t gh_job_id, int64_t run_attempt, const char *action);

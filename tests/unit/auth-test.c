@@ -123,6 +123,64 @@ TEST(webhook_github_test_vector)
 	CHECK_STREQ(out, sig);
 }
 
+TEST(webhook_rejects_every_bit_flip_and_malformed_headers)
+{
+	/* T13: a 4 KiB body, every single-bit flip at every position. */
+	char body[4096];
+	for (size_t i = 0; i < sizeof(body); i++)
+		body[i] = (char)('a' + i % 26);
+	const char *secrets[] = {"s3cret-current", "s3cret-previous"};
+	char sig[72];
+	webhook_sign(secrets[1], body, sizeof(body), sig);
+	CHECK_EQ(webhook_verify(sig, body, sizeof(body), secrets, 2), 1);
+	size_t accepted = 0;
+	for (size_t i = 0; i < sizeof(body); i++)
+		for (int bit = 0; bit < 8; bit++) {
+			body[i] ^= (char)(1 << bit);
+			accepted += webhook_verify(sig, body, sizeof(body), secrets, 2) >= 0;
+			body[i] ^= (char)(1 << bit);
+		}
+	CHECK_EQ(accepted, 0);
+	/* Upper-case hex, truncated, extended, spaces, sha1=: all malformed. */
+	char upper[72], trunc[72], ext[80], spaced[80];
+	snprintf(upper, sizeof(upper), "sha256=");
+	for (size_t i = 7; sig[i]; i++)
+		upper[i] = (char)(sig[i] >= 'a' && sig[i] <= 'f' ? sig[i] - 32 : sig[i]);
+	upper[strlen(sig)] = '\0';
+	snprintf(trunc, sizeof(trunc), "%.*s", (int)strlen(sig) - 1, sig);
+	snprintf(ext, sizeof(ext), "%s0", sig);
+	snprintf(spaced, sizeof(spaced), " %s", sig);
+	const char *bad[] = {upper, trunc, ext, spaced, "sha1=0123", "", "sha256="};
+	for (size_t i = 0; i < ARRAY_SIZE(bad); i++)
+		CHECK_EQ(webhook_verify(bad[i], body, sizeof(body), secrets, 2), -EINVAL);
+	const char *none[] = {"other"};
+	CHECK_EQ(webhook_verify(sig, body, sizeof(body), none, 1), -EPERM);
+	CHECK_EQ(webhook_verify(sig, body, sizeof(body), none, 0), -EPERM);
+}
+
+TEST(job_token_is_bound_to_job_and_fence)
+{
+	uint8_t k1[32], k2[32];
+	memset(k1, 1, sizeof(k1));
+	memset(k2, 2, sizeof(k2));
+	char a[TOKEN_LEN + 1], b[TOKEN_LEN + 1];
+	token_job(k1, 12, 40, a);
+	enum token_kind kind;
+	CHECK_EQ(token_parse(a, &kind, NULL), 0);
+	CHECK_EQ(kind, TOKEN_JOB);
+	token_job(k1, 12, 40, b);
+	CHECK_STREQ(a, b); /* deterministic */
+	token_job(k1, 12, 41, b);
+	CHECK(strcmp(a, b) != 0);
+	token_job(k1, 13, 40, b);
+	CHECK(strcmp(a, b) != 0);
+	token_job(k2, 12, 40, b);
+	CHECK(strcmp(a, b) != 0);
+	/* "1|240" and "12|40" must not collide: the fields are separated. */
+	token_job(k1, 1, 240, b);
+	CHECK(strcmp(a, b) != 0);
+}
+
 TEST(token_bucket)
 {
 	struct token_bucket tb;
