@@ -183,6 +183,8 @@ static int link_blob(struct server *s, struct upload *u)
 	return 0;
 }
 
+static void artifact_finish(void *p);
+
 void h_artifact_put_data(struct req *r, const char *data, size_t len)
 {
 	struct server *s = r->srv;
@@ -218,6 +220,15 @@ void h_artifact_put_data(struct req *r, const char *data, size_t len)
 				u->path, u->hex, u->expect);
 		return;
 	}
+	/* fsync of up to artifact_max bytes: on the worker, not the HTTP thread. */
+	server_defer(s, artifact_finish, r);
+}
+
+static void artifact_finish(void *p)
+{
+	struct req *r = p;
+	struct server *s = r->srv;
+	struct upload *u = r->upload;
 	int rc = link_blob(s, u);
 	if (rc < 0) {
 		req_reply_error(r, rc == -ENOSPC ? 507 : MHD_HTTP_INTERNAL_SERVER_ERROR,

@@ -64,10 +64,9 @@ static uint64_t size_of(int head_fd, int size_fd)
 	return 0;
 }
 
-void joblog_close(struct joblog *l)
+static void joblog_sync_close(void *p)
 {
-	if (!l)
-		return;
+	struct joblog *l = p;
 	if (l->dirty) {
 		if (l->head_fd >= 0)
 			(void)fdatasync(l->head_fd);
@@ -85,12 +84,24 @@ void joblog_close(struct joblog *l)
 	free(l);
 }
 
+void joblog_close(struct server *s, struct joblog *l)
+{
+	if (!l)
+		return;
+	/* An fdatasync may take milliseconds: not on the HTTP thread, not
+	 * under server.lock. */
+	if (l->dirty)
+		server_defer(s, joblog_sync_close, l);
+	else
+		joblog_sync_close(l);
+}
+
 static int joblog_open(struct server *s, struct sjob *j)
 {
 	if (j->log && j->log->attempt == j->attempt)
 		return 0;
 	if (j->log) {
-		joblog_close(j->log);
+		joblog_close(s, j->log);
 		j->log = NULL;
 	}
 	struct joblog *l = xcalloc(1, sizeof(*l));
@@ -160,7 +171,7 @@ static int joblog_append(struct server *s, struct joblog *l, const char *data, s
 void logs_attempt_ended(struct server *s, struct sjob *j)
 {
 	if (j->log) {
-		joblog_close(j->log);
+		joblog_close(s, j->log);
 		j->log = NULL;
 	}
 	logs_wake(s, j->id);

@@ -1160,7 +1160,7 @@ void sched_free(struct server *s)
 		for (; j; j = next) {
 			next = j->hnext;
 			if (j->log)
-				joblog_close(j->log);
+				joblog_close(s, j->log);
 			free(j->name);
 			free(j);
 		}

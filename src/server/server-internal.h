@@ -378,6 +378,14 @@ struct server {
 	pthread_t timer;
 	pthread_cond_t timer_cond;
 	bool timer_running;
+
+	/* A worker for slow I/O that must not run on the HTTP thread or under
+	 * server.lock (fsyncs of logs and artifacts); FIFO. */
+	pthread_t worker;
+	pthread_mutex_t wlock;
+	pthread_cond_t wcond;
+	struct work *whead, **wtail;
+	bool wrunning;
 	uint64_t now_mono_cache;
 
 	struct server_obs *obs; /* metrics (observe.c) */
@@ -385,6 +393,14 @@ struct server {
 
 /* The org of everything until organisations exist (metrics labels, usage). */
 #define ORG_DEFAULT "default"
+
+/* server.c: runs fn(arg) on the worker thread (or here, when it is stopped). */
+struct work {
+	void (*fn)(void *arg);
+	void *arg;
+	struct work *next;
+};
+void server_defer(struct server *s, void (*fn)(void *arg), void *arg);
 
 /* sched.c */
 int sched_load(struct server *s, struct kiln_err *err);
@@ -471,7 +487,8 @@ void heartbeat_wake(struct server *s, struct sagent *a);
 void heartbeat_expire(struct server *s, struct req *r);
 
 /* logs.c */
-void joblog_close(struct joblog *l);
+/* Closes a log; its fdatasync (if written) runs on the worker. */
+void joblog_close(struct server *s, struct joblog *l);
 /* Wakes followers of a job (new bytes or the attempt ended). Under lock. */
 void logs_wake(struct server *s, int64_t job_id);
 void logs_ping(struct server *s, uint64_t now_ns);

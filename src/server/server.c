@@ -12,6 +12,7 @@
 #include "auth/auth.h"
 
 #include <fcntl.h>
+#include <signal.h>
 #include <sodium.h>
 #include <sys/file.h>
 #include <sys/stat.h>
@@ -147,6 +148,61 @@ void h_readyz(struct req *r)
 				 (json_int_t)st.wal_checkpointed));
 }
 
+/* ---- the worker ----------------------------------------------------------- */
+
+static void *worker_main(void *p)
+{
+	struct server *s = p;
+	sigset_t all;
+	sigfillset(&all);
+	pthread_sigmask(SIG_BLOCK, &all, NULL);
+	pthread_mutex_lock(&s->wlock);
+	for (;;) {
+		while (!s->whead && s->wrunning)
+			pthread_cond_wait(&s->wcond, &s->wlock);
+		if (!s->whead)
+			break;
+		struct work *w = s->whead;
+		s->whead = w->next;
+		if (!s->whead)
+			s->wtail = &s->whead;
+		pthread_mutex_unlock(&s->wlock);
+		w->fn(w->arg);
+		free(w);
+		pthread_mutex_lock(&s->wlock);
+	}
+	pthread_mutex_unlock(&s->wlock);
+	return NULL;
+}
+
+void server_defer(struct server *s, void (*fn)(void *arg), void *arg)
+{
+	pthread_mutex_lock(&s->wlock);
+	if (!s->wrunning) {
+		pthread_mutex_unlock(&s->wlock);
+		fn(arg);
+		return;
+	}
+	struct work *w = xcalloc(1, sizeof(*w));
+	w->fn = fn;
+	w->arg = arg;
+	*s->wtail = w;
+	s->wtail = &w->next;
+	pthread_cond_signal(&s->wcond);
+	pthread_mutex_unlock(&s->wlock);
+}
+
+static void worker_stop(struct server *s)
+{
+	pthread_mutex_lock(&s->wlock);
+	bool was = s->wrunning;
+	s->wrunning = false;
+	pthread_cond_signal(&s->wcond);
+	pthread_mutex_unlock(&s->wlock);
+	if (was)
+		pthread_join(s->worker, NULL); /* it drains the queue first */
+}
+
 /* ---- lifecycle ------------------------------------------------------------ */
 
 static int check_config(const struct server_config *c, struct kiln_err *err)
@@ -214,6 +270,12 @@ int server_new(const struct server_config *c, struct server **ret, struct kiln_e
 	s->blobs_dir = path_join(s->state_dir, "artifacts/blobs");
 	s->tmp_dir = path_join(s->state_dir, "artifacts/tmp");
 	pthread_mutex_init(&s->lock, NULL);
+	pthread_mutex_init(&s->wlock, NULL);
+	pthread_cond_init(&s->wcond, NULL);
+	s->wtail = &s->whead;
+	s->wrunning = true; /* before the thread looks at it */
+	if (pthread_create(&s->worker, NULL, worker_main, s) != 0)
+		s->wrunning = false; /* deferred work then runs inline */
 	pthread_mutex_init(&s->auth_lock, NULL);
 	pthread_mutex_init(&s->keys_lock, NULL);
 	pthread_condattr_t ca;
@@ -296,8 +358,9 @@ void server_free(struct server *s)
 	if (!s)
 		return;
 	server_stop(s);
+	worker_stop(s); /* its work may still queue mutations: before the store closes */
 	store_close(s->store);
-	sched_free(s);
+	sched_free(s); /* logs still open are synced inline now */
 	obs_free(s);
 	orgs_free(s);
 	access_free(s);
@@ -308,6 +371,8 @@ void server_free(struct server *s)
 	pthread_mutex_destroy(&s->auth_lock);
 	pthread_mutex_destroy(&s->keys_lock);
 	pthread_cond_destroy(&s->timer_cond);
+	pthread_mutex_destroy(&s->wlock);
+	pthread_cond_destroy(&s->wcond);
 	free(s->listen);
 	free(s->state_dir);
 	free(s->logs_dir);
