@@ -352,6 +352,26 @@ void metrics_on_collect(struct metrics *m, void (*fn)(struct metrics *m, void *u
 	add_collector(m, fn, ud, false);
 }
 
+void metrics_remove_collector(struct metrics *m, void (*fn)(struct metrics *m, void *ud),
+			      void *ud)
+{
+	/* Under the render lock: once this returns, no render is running it. */
+	pthread_mutex_lock(&m->render_lock);
+	pthread_mutex_lock(&m->lock);
+	for (size_t i = 0; i < m->n_collectors;)
+		if (m->collectors[i].fn == fn && m->collectors[i].ud == ud) {
+			if (m->collectors[i].owned)
+				free(m->collectors[i].ud);
+			memmove(&m->collectors[i], &m->collectors[i + 1],
+				(m->n_collectors - i - 1) * sizeof(*m->collectors));
+			m->n_collectors--;
+		} else {
+			i++;
+		}
+	pthread_mutex_unlock(&m->lock);
+	pthread_mutex_unlock(&m->render_lock);
+}
+
 void metrics_render(struct metrics *m, struct buf *out)
 {
 	pthread_mutex_lock(&m->render_lock);

@@ -54,6 +54,10 @@ void metric_histogram_set(struct metric *f, const char *const *values, const uin
  * refills a family is never seen half-done by another scrape.
  */
 void metrics_on_collect(struct metrics *m, void (*fn)(struct metrics *m, void *ud), void *ud);
+/* Removes a collector (fn, ud): from then on, no render calls it. The
+ * families it filled stay, with their last values. */
+void metrics_remove_collector(struct metrics *m, void (*fn)(struct metrics *m, void *ud),
+			      void *ud);
 
 /*
  * Adds the standard process_* families (process_cpu_seconds_total,

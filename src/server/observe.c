@@ -299,6 +299,8 @@ void obs_init(struct server *s)
 	s->obs = o;
 }
 
+struct metrics *server_metrics(struct server *s) { return s->obs->reg; }
+
 void obs_free(struct server *s)
 {
 	if (!s->obs)

@@ -15,6 +15,7 @@
 #include "base/base.h"
 
 struct server;
+struct metrics;
 
 struct server_config {
 	const char *listen;    /* "HOST:PORT" ("127.0.0.1:7700"); port 0 picks a free one */
@@ -85,6 +86,12 @@ const char *server_bootstrap_token_path(const struct server *s);
  */
 int server_mint_admin_token(const char *state_dir, const char *store_url, const char *name,
 			    char **ret, struct kiln_err *err);
+
+/*
+ * The server's metrics registry (GET /metrics), for what runs in the same
+ * process to publish into (kiln up's agent). Lives until server_free().
+ */
+struct metrics *server_metrics(struct server *s);
 
 /* Prints "METHOD PATH" for every route (for docs/api.yaml checks). */
 void server_print_routes(FILE *f);
