@@ -220,7 +220,19 @@ struct agent {
 	pthread_cond_t pool_cond;
 	pthread_t pool_thread;
 	bool pool_started, pool_stop;
+
+	struct agent_obs *obs; /* metrics.c */
 };
+
+/* metrics.c: the agent's metrics (docs/metrics.md). */
+void agent_obs_init(struct agent *a, struct metrics *shared);
+/* Serves GET /metrics on listen ("HOST:PORT"); -errno with err set. */
+int agent_obs_listen(struct agent *a, const char *listen, struct kiln_err *err);
+void agent_obs_free(struct agent *a);
+void agent_obs_job_started(struct agent *a, uint64_t since_lease_ns);
+void agent_obs_job_finished(struct agent *a, enum job_state st, const json_t *usage);
+void agent_obs_poll(struct agent *a, const char *result); /* job, empty, error */
+void agent_obs_heartbeat(struct agent *a, bool ok);
 
 /* Re-registers after the server forgot this agent (404). */
 int agent_register(struct agent *a, struct http *h, struct kiln_err *err);

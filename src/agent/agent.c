@@ -266,6 +266,14 @@ int agent_new(const struct agent_config *c, struct agent **ret, struct kiln_err 
 		.memory = a->host->memory,
 		.gpus = a->host->n_gpus,
 	};
+	agent_obs_init(a, c->metrics);
+	if (c->metrics_listen) {
+		r = agent_obs_listen(a, c->metrics_listen, err);
+		if (r < 0) {
+			agent_free(a);
+			return r;
+		}
+	}
 	*ret = a;
 	return 0;
 }
@@ -274,6 +282,7 @@ void agent_free(struct agent *a)
 {
 	if (!a)
 		return;
+	agent_obs_free(a);
 	while (a->jobs) {
 		struct job *j = a->jobs;
 		a->jobs = j->next;
@@ -446,6 +455,8 @@ static void start_job(struct agent *a, json_t *lease)
 	int r = job_start(j);
 	log_debug("job set up job=%" PRId64 " since_lease_us=%" PRIu64, j->id,
 		  (uint64_t)((now_mono_ns() - j->leased_ns) / NSEC_PER_USEC));
+	if (r >= 0)
+		agent_obs_job_started(a, now_mono_ns() - j->leased_ns);
 	if (r < 0) {
 		/* Not released (it would come straight back to us): failed, with why. */
 		log_error("cannot start a job job=%" PRId64 " error=\"%s\"", j->id, strerror(-r));
@@ -474,10 +485,15 @@ static int lease_once(struct agent *a)
 			  (long)(a->cfg.lease_wait_ms + 15000), &rep, &err);
 	json_decref(body);
 	if (r < 0) {
-		if (r != -ECANCELED)
+		if (r != -ECANCELED) {
 			log_debug("lease request failed error=\"%s\"", err.msg);
+			agent_obs_poll(a, "error");
+		}
 		return r;
 	}
+	agent_obs_poll(a, rep.status == 200 && rep.json ? "job"
+			  : rep.status == 204		? "empty"
+							: "error");
 	if (rep.status == 200 && rep.json)
 		start_job(a, rep.json);
 	else if (rep.status == 404)

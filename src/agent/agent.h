@@ -17,6 +17,8 @@
 
 #include "base/base.h"
 
+struct metrics;
+
 /* ---- the agent ------------------------------------------------------------ */
 
 struct agent;
@@ -54,6 +56,11 @@ struct agent_config {
 	 * git does not ignore); NULL = the whole directory. */
 	char *const *seed_files;
 	size_t n_seed_files;
+	/* Metrics (docs/metrics.md): published into `metrics` when set (kiln up:
+	 * the server's registry), else into the agent's own; served on
+	 * metrics_listen ("HOST:PORT", GET /metrics) when set. */
+	struct metrics *metrics;
+	const char *metrics_listen;
 	/* Called (on the agent's thread) once it is registered, with its id. */
 	void (*on_ready)(void *ud, int64_t agent_id);
 	void *ud;

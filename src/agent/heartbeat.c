@@ -180,6 +180,8 @@ static bool beat(struct agent *a, struct http *h, int *ret)
 	json_decref(body);
 	bool long_poll = false;
 	*ret = 0;
+	if (r != -ECANCELED)
+		agent_obs_heartbeat(a, r >= 0 && rep.status == 200);
 	if (r < 0) {
 		if (r != -ECANCELED)
 			log_debug("heartbeat failed error=\"%s\"", err.msg);

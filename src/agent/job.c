@@ -158,6 +158,7 @@ static void complete(struct job *j, struct http *h, struct job_outcome *out)
 		json_object_set_new(body, "message", json_string(out->message));
 	json_object_set(body, "usage", out->usage);
 	json_object_set(body, "steps", out->steps);
+	agent_obs_job_finished(j->agent, out->state, out->usage);
 	_cleanup_free_ char *path = xasprintf("/v1/jobs/%" PRId64 "/complete", j->id);
 	for (unsigned attempt = 0;; attempt++) {
 		if (job_stop_reason(j) == STOP_LOST)

@@ -34,6 +34,9 @@ const char cmd_agent_help[] =
 	"                         last job (default 1; 0: none)\n"
 	"  --cgroup-parent PATH   cgroup parent of the job sandboxes (default /kiln as root)\n"
 	"  --init PATH            the kiln-init binary (default $KILN_INIT, next to kiln)\n"
+	"  --metrics-listen HOST:PORT  serve Prometheus metrics (GET /metrics) there, with\n"
+	"                         no authentication: bind to localhost or a private\n"
+	"                         network (port 0 picks one; the log says which)\n"
 	"\n"
 	"exit codes: 0 stopped (drained), 1 could not start, 2 usage error.\n";
 
@@ -50,6 +53,7 @@ enum {
 	OPT_INIT,
 	OPT_LEASE_WAIT,
 	OPT_WARM,
+	OPT_METRICS,
 };
 
 char *cli_default_state_dir(const char *sub)
@@ -120,6 +124,7 @@ int cmd_agent(int argc, char **argv)
 		{"init", required_argument, NULL, OPT_INIT},
 		{"lease-wait", required_argument, NULL, OPT_LEASE_WAIT},
 		{"warm", required_argument, NULL, OPT_WARM},
+		{"metrics-listen", required_argument, NULL, OPT_METRICS},
 		{0},
 	};
 	struct agent_config cfg;
@@ -188,6 +193,7 @@ int cmd_agent(int argc, char **argv)
 			break;
 		case OPT_CGROUP: cfg.cgroup_parent = optarg; break;
 		case OPT_INIT: cfg.init_path = optarg; break;
+		case OPT_METRICS: cfg.metrics_listen = optarg; break;
 		default: rc = cli_usage_error("agent", "unknown option"); goto out;
 		}
 	}

@@ -87,6 +87,8 @@ int local_start(struct local *l, const struct local_options *o, struct kiln_err 
 	ac.state_dir = agent_dir;
 	ac.on_ready = on_ready;
 	ac.ud = l;
+	/* One /metrics, on the server's address, for both. */
+	ac.metrics = server_metrics(l->server);
 	r = agent_new(&ac, &l->agent, err);
 	if (r < 0) {
 		kiln_err_prefix(err, "agent");

@@ -1,12 +1,16 @@
 """GET /metrics on kiln server: the Prometheus text format, clean under
 `promtool check metrics`, with the families of docs/metrics.md moving as
 jobs are submitted, leased, finished, cancelled, lost and timed out."""
+import json
 import os
+import re
 import unittest
 
+import kilnagent
 import kilnmetrics
 import kilntest
-from kilnapi import FakeAgent, Server, spec, wait_for
+import kilnup
+from kilnapi import Client, FakeAgent, Server, spec, wait_for
 
 
 class MetricsCase(kilntest.TempDirTestCase):
@@ -152,6 +156,81 @@ class ServerMetricsTest(MetricsCase):
             return kilnmetrics.value(self.scrape(), "kiln_jobs_total",
                                      state="timed_out", org="default") == 1
         wait_for(beat_and_check, timeout=20, interval=0.2, what="a server-side timeout")
+
+
+class AgentMetricsTest(kilnagent.JobCase):
+    """kiln agent --metrics-listen: the agent's own /metrics."""
+
+    def agent_metrics(self, agent):
+        m = re.search(r'msg="agent metrics listening" addr=(\S+)', agent.read_log())
+        self.assertIsNotNone(m, agent.read_log()[-2000:])
+        status, ctype, text = kilnmetrics.fetch(m.group(1), headers={"Authorization": "none"})
+        self.assertEqual(status, 200, text)
+        self.assertTrue(ctype.startswith("text/plain; version=0.0.4"), ctype)
+        if os.path.exists(kilnmetrics.PROMTOOL):
+            ok, out = kilnmetrics.promtool_check(text)
+            self.assertTrue(ok, "promtool check metrics:\n" + out + "\n" + text[:3000])
+        return kilnmetrics.parse(text), m.group(1)
+
+    def test_agent_serves_its_metrics(self):
+        a = self.start_agent("m1", args=["--metrics-listen", "127.0.0.1:0", "--slots", "2"])
+        jid = self.submit(kilnagent.job("hello", ["echo hi"]))
+        self.assertEqual(self.wait_job(jid)["state"], "succeeded")
+        jf = self.submit(kilnagent.job("bad", ["exit 3"]))
+        self.assertEqual(self.wait_job(jf)["state"], "failed")
+        # The runner is reaped just after its completion is answered.
+        wait_for(lambda: kilnmetrics.value(self.agent_metrics(a)[0],
+                                           "kiln_agent_running_jobs") == 0,
+                 timeout=30, interval=0.2, what="no running job")
+        m, addr = self.agent_metrics(a)
+        self.assertEqual(kilnmetrics.value(m, "kiln_agent_info", agent="m1"), 1)
+        self.assertEqual(kilnmetrics.value(m, "kiln_agent_capacity_slots"), 2)
+        self.assertEqual(kilnmetrics.value(m, "kiln_agent_jobs_finished_total", state="succeeded"), 1)
+        self.assertEqual(kilnmetrics.value(m, "kiln_agent_jobs_finished_total", state="failed"), 1)
+        self.assertEqual(kilnmetrics.value(m, "kiln_agent_job_start_seconds_count"), 2)
+        self.assertEqual(kilnmetrics.value(m, "kiln_agent_job_duration_seconds_count"), 2)
+        self.assertGreaterEqual(kilnmetrics.value(m, "kiln_agent_lease_polls_total", result="job"), 2)
+        self.assertIsNotNone(kilnmetrics.value(m, "process_resident_memory_bytes"))
+        wait_for(lambda: (kilnmetrics.value(self.agent_metrics(a)[0], "kiln_agent_heartbeats_total",
+                                            result="ok") or 0) >= 1,
+                 timeout=30, interval=0.5, what="a heartbeat counted")
+        self.assertEqual(kilnmetrics.value(self.agent_metrics(a)[0], "kiln_agent_server_up"), 1)
+        # Only GET /metrics is served.
+        self.assertEqual(kilnmetrics.fetch(addr, "/nope")[0], 404)
+
+    def test_bad_listen_address(self):
+        r = kilntest.run(["agent", "--server", self.server.addr, "--state-dir",
+                          os.path.join(self.tmp, "bad"), "--metrics-listen", "nowhere"])
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("--metrics-listen 'nowhere'", r.stderr)
+
+
+class UpMetricsTest(kilntest.TempDirTestCase):
+    """kiln up: one /metrics, on the server's address, with the agent's families too."""
+
+    def test_server_and_agent_families_in_one_endpoint(self):
+        reason = kilnup.skip_reason()
+        if reason:
+            self.skipTest(reason)
+        up = kilnup.Up(self.tmp, args=("--slots", "1")).start()
+        self.addCleanup(up.stop)
+        api = Client(up.addr)
+        self.addCleanup(api.close)
+        jid = api.ok("POST", "/v1/jobs", json.dumps(kilnagent.job("hi", ["echo hi"])))["jobs"][0]["id"]
+        wait_for(lambda: api.ok("GET", f"/v1/jobs/{jid}")["state"] == "succeeded", timeout=60,
+                 what="the job")
+        status, _, text = kilnmetrics.fetch(up.addr)
+        self.assertEqual(status, 200, text)
+        if os.path.exists(kilnmetrics.PROMTOOL):
+            ok, out = kilnmetrics.promtool_check(text)
+            self.assertTrue(ok, out)
+        m = kilnmetrics.parse(text)
+        self.assertEqual(kilnmetrics.total(m, "kiln_jobs_total", state="succeeded"), 1)
+        self.assertEqual(kilnmetrics.value(m, "kiln_agent_jobs_finished_total", state="succeeded"), 1)
+        self.assertEqual(kilnmetrics.value(m, "kiln_job_duration_seconds_count", executor="sandbox"), 1)
+        # One set of process_* families, not two.
+        self.assertEqual(text.count("# TYPE process_resident_memory_bytes "), 1)
+        self.assertEqual(up.stop(), 0)
 
 
 if __name__ == "__main__":
