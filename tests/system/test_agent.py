@@ -367,9 +367,14 @@ class WarmPoolTest(JobCase):
                                         "echo hi"]))
         self.assertEqual(self.wait_job(jid)["state"], "succeeded")
         # It was used (gone with the job), and the next one is there.
-        (warm2,) = wait_for(lambda: (lambda e: e if e and warm1 not in e else None)(
-            a.sandbox_entries()), what="the next warm sandbox")
-        self.assertNotEqual(warm1, warm2)
+        try:
+            warm2 = wait_for(lambda: [e for e in a.sandbox_entries() if e != warm1],
+                             timeout=60, what="the next warm sandbox")[0]
+            wait_for(lambda: warm1 not in a.sandbox_entries(), timeout=60,
+                     what="the used sandbox removed")
+        except AssertionError as e:
+            raise AssertionError(f"{e}; sandboxes {a.sandbox_entries()}; agent log:\n"
+                                 f"{a.read_log()[-3000:]}") from None
         # A fresh sandbox: nothing of the first job is visible.
         jid = self.submit(job("second", ["ls /workspace; cat /tmp/t 2>&1 || true"]))
         self.assertEqual(self.wait_job(jid)["state"], "succeeded")
