@@ -43,6 +43,12 @@ const char cmd_server_help[] =
 	"  --webhook-retention DURATION  delivery ids kept against replays (default 8d,\n"
 	"                         at least 8d)\n"
 	"  --webhook-body-max SIZE  largest webhook delivery (default 25Mi)\n"
+	"  --org-api-rate N       API calls per second per org, of people and scripts\n"
+	"                         (default 200; 0: no limit; admins and agents are not\n"
+	"                         limited)\n"
+	"  --org-submit-rate N    jobs submitted per second per org (default 100)\n"
+	"  --org-webhook-rate N   webhook deliveries per second per org (default 50)\n"
+	"  --org-burst SECONDS    a bucket holds this many seconds of its rate (default 10)\n"
 	"  --unsafe-no-fsync      commit without fsync (synchronous=NORMAL): a machine\n"
 	"                         crash may lose acknowledged jobs; for benchmarks only\n"
 	"  --list-routes          print every route (METHOD PATH) and exit\n"
@@ -112,7 +118,21 @@ enum {
 	OPT_GH_SECRETS,
 	OPT_WH_RETENTION,
 	OPT_WH_BODY,
+	OPT_API_RATE,
+	OPT_SUBMIT_RATE,
+	OPT_WH_RATE,
+	OPT_BURST,
 };
+
+static int rate_opt(const char *name, const char *v, double *ret)
+{
+	char *end = NULL;
+	double x = strtod(v, &end);
+	if (!*v || *end || !(x >= 0) || x > 1e9)
+		return cli_usage_error("server", "%s: '%s' is not a rate (a number >= 0)", name, v);
+	*ret = x;
+	return 0;
+}
 
 int cmd_server(int argc, char **argv)
 {
@@ -141,6 +161,10 @@ int cmd_server(int argc, char **argv)
 		{"github-runner-secrets", required_argument, NULL, OPT_GH_SECRETS},
 		{"webhook-retention", required_argument, NULL, OPT_WH_RETENTION},
 		{"webhook-body-max", required_argument, NULL, OPT_WH_BODY},
+		{"org-api-rate", required_argument, NULL, OPT_API_RATE},
+		{"org-submit-rate", required_argument, NULL, OPT_SUBMIT_RATE},
+		{"org-webhook-rate", required_argument, NULL, OPT_WH_RATE},
+		{"org-burst", required_argument, NULL, OPT_BURST},
 		{0},
 	};
 	struct server_config cfg;
@@ -220,6 +244,22 @@ int cmd_server(int argc, char **argv)
 		case OPT_ROUTES: server_print_routes(stdout); return EXIT_OK;
 		case OPT_MASTER_KEY: cfg.master_key_file = optarg; break;
 		case OPT_GH_CMD: cfg.github_runner_command = optarg; break;
+		case OPT_API_RATE:
+			if ((r = rate_opt("--org-api-rate", optarg, &cfg.org_api_rate)))
+				return r;
+			break;
+		case OPT_SUBMIT_RATE:
+			if ((r = rate_opt("--org-submit-rate", optarg, &cfg.org_submit_rate)))
+				return r;
+			break;
+		case OPT_WH_RATE:
+			if ((r = rate_opt("--org-webhook-rate", optarg, &cfg.org_webhook_rate)))
+				return r;
+			break;
+		case OPT_BURST:
+			if ((r = rate_opt("--org-burst", optarg, &cfg.org_burst_s)))
+				return r;
+			break;
 		case OPT_GH_SECRETS: cfg.github_runner_secrets = optarg; break;
 		case OPT_WH_RETENTION:
 			if ((r = duration_opt("--webhook-retention", optarg, &ms)))

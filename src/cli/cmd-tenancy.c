@@ -12,13 +12,15 @@
 const char cmd_org_help[] =
 	"usage: kiln org create NAME [-o FORMAT] [--server URL] [--token TOKEN]\n"
 	"       kiln org list [-o FORMAT] [--server URL] [--token TOKEN]\n"
+	"       kiln org limits NAME --max-running N|default [--server URL] [--token TOKEN]\n"
 	"\n"
 	"Orgs are kiln's tenants: every job, agent pool, log, artifact, secret and\n"
 	"token belongs to one, and no org can see another's. 'default' always\n"
 	"exists. Creating an org needs an admin token; listing shows the orgs the\n"
 	"token may see (an admin sees all).\n"
 	"\n"
-	"Names: 1..63 of a-z, 0-9 and '-'.\n"
+	"Names: 1..63 of a-z, 0-9 and '-'. 'limits' sets an org's cap on its leased\n"
+	"and running jobs ('default': the server's --max-running-per-org); admin only.\n"
 	"\n"
 	"options:\n"
 	"  -o FORMAT    table (default), json or yaml\n"
@@ -153,24 +155,59 @@ static void orgs_table(const json_t *orgs)
 
 int cmd_org(int argc, char **argv)
 {
-	static const struct option opts[] = {COMMON_OPTS, {0}};
+	static const struct option opts[] = {
+		COMMON_OPTS, {"max-running", required_argument, NULL, 'm'}, {0}};
 	struct common co = {.cmd = "org"};
-	int c;
-	while ((c = getopt_long(argc, argv, "+ho:", opts, NULL)) != -1) {
+	const char *max_running = NULL;
+	/* Options anywhere; positionals (subcommand, name) in order. */
+	char **pos = xcalloc((size_t)argc + 1, sizeof(char *));
+	int npos = 0, c;
+	while (optind < argc && (c = getopt_long(argc, argv, "-ho:", opts, NULL)) != -1) {
+		if (c == 1) {
+			pos[npos++] = optarg;
+			continue;
+		}
+		if (c == 'm') {
+			max_running = optarg;
+			continue;
+		}
 		int r = common_opt(&co, c);
-		if (r)
+		if (r) {
+			free(pos);
 			return r == 1 ? cli_usage_error("org", "unknown option") : finish(r);
+		}
 	}
-	if (optind >= argc)
-		return cli_usage_error("org", "expected 'create NAME' or 'list'");
-	const char *sub = argv[optind++];
-	/* Options may also follow the subcommand. */
-	while ((c = getopt_long(argc, argv, "ho:", opts, NULL)) != -1) {
-		int r = common_opt(&co, c);
-		if (r)
-			return r == 1 ? cli_usage_error("org", "unknown option") : finish(r);
+	while (optind < argc)
+		pos[npos++] = argv[optind++];
+	if (npos == 0) {
+		free(pos);
+		return cli_usage_error("org", "expected 'create NAME', 'list' or 'limits NAME'");
 	}
+	const char *sub = pos[0];
+	/* The rest reads argv[optind..]: point it at the positionals after sub. */
+	argv = pos;
+	argc = npos;
+	optind = 1;
+	_cleanup_free_ char **owned = pos;
 	json_t *ans = NULL;
+	if (streq(sub, "limits")) {
+		int64_t n = 0;
+		if (argc - optind != 1 || !max_running)
+			return cli_usage_error("org", "limits takes an org name and --max-running");
+		if (!streq(max_running, "default") && parse_int64(max_running, 1, 1000000, &n) < 0)
+			return cli_usage_error("org", "--max-running: '%s' is not a number of jobs or "
+						      "'default'",
+					       max_running);
+		_cleanup_free_ char *e = client_escape(argv[optind], false);
+		_cleanup_free_ char *path = xasprintf("/v1/orgs/%s/limits", e);
+		json_t *body = json_pack("{s:o}", "max_running", n ? json_integer(n) : json_null());
+		int rc = request(&co, "POST", path, body, &ans);
+		json_decref(body);
+		if (rc == EXIT_OK)
+			printf("org %s: max running %s\n", argv[optind], n ? max_running : "default");
+		json_decref(ans);
+		return rc;
+	}
 	int rc;
 	if (streq(sub, "create")) {
 		if (argc - optind != 1)
@@ -196,7 +233,7 @@ int cmd_org(int argc, char **argv)
 				print_doc(&co, orgs);
 		}
 	} else {
-		return cli_usage_error("org", "unknown subcommand '%s' (create, list)", sub);
+		return cli_usage_error("org", "unknown subcommand '%s' (create, list, limits)", sub);
 	}
 	json_decref(ans);
 	return rc;

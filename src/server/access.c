@@ -416,6 +416,11 @@ int access_check(struct req *r)
 	r->who.name = r->who.label;
 	r->principal = &r->who;
 	bool ok = r->who.job ? (flags & ROUTE_JOB) : role_allows(r->who.role, flags);
+	/* People and scripts of an org share its API budget (limits.c). */
+	if (ok && !r->who.job && (r->who.role == ROLE_OWNER || r->who.role == ROLE_MEMBER ||
+				  r->who.role == ROLE_VIEWER || r->who.role == ROLE_METRICS) &&
+	    limits_take(r, r->who.org_id, LIMIT_API, 1) < 0)
+		return -EAGAIN;
 	if (!ok) {
 		req_reply_error(r, MHD_HTTP_FORBIDDEN, "forbidden",
 				"%s (%s) may not call %s %s: it needs %s", r->who.label,

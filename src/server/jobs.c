@@ -298,8 +298,15 @@ void h_jobs_submit(struct req *r)
 		return;
 	struct submit_ctx *c = jobs_prepare(r, spec_file_name(r), r->body.data ? r->body.data : "",
 					    r->body.len, org_id);
-	if (c)
-		submit_jobs(r, c);
+	if (!c)
+		return;
+	/* An org's submissions are rate limited by jobs (a matrix costs one per job). */
+	if (r->who.role != ROLE_ADMIN &&
+	    limits_take(r, org_id, LIMIT_SUBMIT, (double)jobs_count(c)) < 0) {
+		submit_ctx_free(c);
+		return;
+	}
+	submit_jobs(r, c);
 }
 
 void h_jobs_retry(struct req *r)
@@ -325,6 +332,10 @@ void h_jobs_retry(struct req *r)
 				"job %" PRId64 " is still %s; only a finished job can be retried "
 				"(cancel it first)",
 				id, job_state_to_string(pj.state));
+		proto_job_release(&pj);
+		return;
+	}
+	if (r->who.role != ROLE_ADMIN && limits_take(r, pj.org_id, LIMIT_SUBMIT, 1) < 0) {
 		proto_job_release(&pj);
 		return;
 	}

@@ -22,7 +22,7 @@
 struct server_obs {
 	struct metrics *reg;
 	/* counters and histograms fed by hooks */
-	struct metric *jobs_submitted, *jobs_ended, *jobs_requeued;
+	struct metric *jobs_submitted, *jobs_ended, *jobs_requeued, *rate_limited;
 	struct metric *leases_granted, *lease_expired, *dispatch_latency;
 	struct metric *job_duration, *job_cpu, *job_mem_peak;
 	struct metric *job_io_read, *job_io_write, *job_gpu_seconds, *job_oom;
@@ -209,6 +209,7 @@ void obs_init(struct server *s)
 	o->reg = m;
 	static const char *const l_org[] = {"org", NULL};
 	static const char *const l_state_org[] = {"state", "org", NULL};
+	static const char *const l_org_limit[] = {"org", "limit", NULL};
 	static const char *const l_state[] = {"state", NULL};
 	static const char *const l_exec[] = {"executor", NULL};
 	static const char *const l_route[] = {"route", NULL};
@@ -227,6 +228,10 @@ void obs_init(struct server *s)
 	o->jobs_requeued = metrics_counter(
 	    m, "kiln_jobs_requeued_total",
 	    "Attempts that ended without a result and put their job back in the queue.", l_org);
+	o->rate_limited = metrics_counter(
+	    m, "kiln_rate_limited_total",
+	    "Requests answered 429 by an org's token bucket (limit: api, submit, webhook).",
+	    l_org_limit);
 	o->leases_granted =
 	    metrics_counter(m, "kiln_leases_granted_total", "Leases handed to agents.", NULL);
 	o->lease_expired = metrics_counter(m, "kiln_lease_expired_total",
@@ -322,6 +327,13 @@ void obs_job_ended(struct server *s, enum job_state st, const char *org)
 {
 	metric_add(s->obs->jobs_ended,
 	           (const char *const[]){job_state_to_string(st), org ? org : ORG_DEFAULT}, 1);
+}
+
+void obs_rate_limited(struct server *s, const char *org, int kind)
+{
+	static const char *const names[] = {"api", "submit", "webhook"};
+	const char *k = kind >= 0 && kind < 3 ? names[kind] : "other";
+	metric_add(s->obs->rate_limited, (const char *const[]){org ? org : ORG_DEFAULT, k}, 1);
 }
 
 void obs_job_requeued(struct server *s, const char *org)

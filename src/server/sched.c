@@ -570,6 +570,15 @@ static void org_running(struct server *s, int64_t org_id, int delta)
 				sched_dispatch(s, c->heap[0]);
 }
 
+void sched_org_dispatch(struct server *s, int64_t org_id)
+{
+	if (org_at_cap(s, org_id))
+		return;
+	for (struct sclass *c = s->classes; c; c = c->next)
+		if (c->org_id == org_id && c->n_heap)
+			sched_dispatch(s, c->heap[0]);
+}
+
 void sched_end_lease(struct server *s, struct sjob *j, const char *revoke_reason)
 {
 	struct sagent *a = j->agent;

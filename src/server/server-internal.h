@@ -14,6 +14,7 @@
  */
 #pragma once
 
+#include "auth/auth.h"
 #include "proto/proto.h"
 
 /* What a queued GitHub job runs when no --github-runner-command is given. */
@@ -315,11 +316,14 @@ struct follower {
 /* ---- tenancy ------------------------------------------------------------- */
 
 /* An org in memory (under server.lock): its name and scheduling counters. */
+enum limit_kind { LIMIT_API, LIMIT_SUBMIT, LIMIT_WEBHOOK, LIMIT_MAX };
+
 struct sorg {
 	int64_t id;
 	char *name;
 	int64_t max_running; /* 0 = the server's default */
 	int64_t running;     /* leased + running jobs */
+	struct token_bucket buckets[LIMIT_MAX]; /* rate limits (limits.c) */
 	struct sorg *next;
 };
 
@@ -415,6 +419,8 @@ struct sjob *sched_add_job(struct server *s, int64_t id, int64_t org_id, const c
 			   const struct proto_capacity *needs, int64_t max_attempts,
 			   uint64_t timeout_ms);
 void sched_dispatch(struct server *s, struct sjob *j);
+/* The org's cap changed: offers its queued heads to parked agents if below it. */
+void sched_org_dispatch(struct server *s, int64_t org_id);
 /* Grants a lease of j to a's waiting request r (enqueues the lease). */
 void sched_grant(struct server *s, struct sjob *j, struct sagent *a, struct req *r);
 struct sjob *sched_pick(struct server *s, struct sagent *a);
@@ -505,6 +511,8 @@ void obs_free(struct server *s);
 void obs_jobs_submitted(struct server *s, const char *org, size_t n);
 void obs_job_ended(struct server *s, enum job_state st, const char *org);
 void obs_job_requeued(struct server *s, const char *org);
+/* An org's bucket (enum limit_kind) answered 429. */
+void obs_rate_limited(struct server *s, const char *org, int kind);
 /* A lease was granted to a job that waited waited_ns in the queue. */
 void obs_lease_granted(struct server *s, uint64_t waited_ns);
 void obs_lease_expired(struct server *s);
@@ -597,6 +605,16 @@ void jobs_commit_with(struct req *r, struct submit_ctx *c, struct store_mut *car
 int64_t jobs_first_id(const struct submit_ctx *c);
 size_t jobs_count(const struct submit_ctx *c);
 void submit_ctx_free(void *p);
+
+/* limits.c: per-org rate limits */
+/* Sets up o's buckets from the configuration. Under lock. */
+void limits_init_org(struct server *s, struct sorg *o);
+/*
+ * Takes `cost` from the org's bucket of `kind`; when it is empty answers 429
+ * with Retry-After and returns -EAGAIN. Takes the lock.
+ */
+int limits_take(struct req *r, int64_t org_id, enum limit_kind kind, double cost);
+void h_orgs_limits(struct req *r);
 
 /* webhook.c */
 void h_webhook_github(struct req *r);

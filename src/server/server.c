@@ -40,6 +40,10 @@ void server_config_init(struct server_config *c)
 		.github_runner_command = SERVER_DEFAULT_RUNNER_COMMAND,
 		.webhook_body_max = 25ULL << 20,
 		.webhook_retention_ms = 8ULL * 24 * 3600 * 1000,
+		.org_api_rate = 200,
+		.org_submit_rate = 100,
+		.org_webhook_rate = 50,
+		.org_burst_s = 10,
 	};
 }
 
@@ -94,6 +98,7 @@ const struct route server_routes[] = {
 	R("GET", "/v1/whoami", "whoami", BODY_NONE, ROUTE_ANY, h_whoami, NULL),
 	R("GET", "/v1/orgs", "orgs.list", BODY_NONE, READ, h_orgs_list, NULL),
 	R("POST", "/v1/orgs", "orgs.create", BODY_JSON, ADMIN, h_orgs_create, NULL),
+	R("POST", "/v1/orgs/{name}/limits", "orgs.limits", BODY_JSON, ADMIN, h_orgs_limits, NULL),
 	R("GET", "/v1/tokens", "tokens.list", BODY_NONE, ROUTE_OWNER, h_tokens_list, NULL),
 	R("POST", "/v1/tokens", "tokens.create", BODY_JSON, OWNER, h_tokens_create, NULL),
 	R("POST", "/v1/tokens/{id}/revoke", "tokens.revoke", BODY_NONE, OWNER, h_tokens_revoke,

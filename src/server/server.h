@@ -42,6 +42,11 @@ struct server_config {
 	const char *master_key_file;
 	const char *master_key;
 	int64_t max_running_per_org; /* leased + running jobs per org; 0 = no cap */
+	/* Per-org token buckets (requests per second; burst = rate x burst_s; 0 =
+	 * no limit): API calls of people and scripts (not agents, not admins),
+	 * jobs submitted, webhook deliveries. */
+	double org_api_rate, org_submit_rate, org_webhook_rate;
+	double org_burst_s;
 	/* GitHub workflow_job intake (POST /v1/webhooks/github[/ORG]). */
 	const char *github_runner_command; /* the step a queued GitHub job becomes (a template
 					    * reading GH_* variables; default: explains itself) */

@@ -44,6 +44,7 @@ struct sorg *org_add(struct server *s, const struct proto_org *po)
 	o->id = po->id;
 	o->name = xstrdup(po->name);
 	o->max_running = po->max_running;
+	limits_init_org(s, o);
 	/* Kept in id order: fairness walks the orgs by id. */
 	struct sorg **p = &s->orgs;
 	while (*p && (*p)->id < o->id)

@@ -400,6 +400,8 @@ void h_webhook_github(struct req *r)
 				"secret");
 		return;
 	}
+	if (limits_take(r, org_id, LIMIT_WEBHOOK, 1) < 0)
+		return;
 	/* Authenticated: the delivery is the caller from here (audit). */
 	const char *delivery = req_header(r, "X-GitHub-Delivery");
 	const char *event = req_header(r, "X-GitHub-Event");

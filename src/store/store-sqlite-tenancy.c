@@ -473,6 +473,11 @@ int sq_tenancy_apply(struct sq_tenancy *t, sqlite3 *db, struct store_mut *m)
 	case STORE_SECRET_DELETE: return secret_delete(db, m);
 	case STORE_AUDIT: return 0;
 	case STORE_WEBHOOK_DELIVERY: return webhook_delivery(db, m);
+	case STORE_ORG_LIMITS: {
+		int64_t v[2] = {m->org_limits.id, m->org_limits.max_running};
+		int n = exec_ints(db, "UPDATE orgs SET max_running = ?2 WHERE id = ?1", 2, v);
+		return n < 0 ? n : n ? 0 : -ENOENT;
+	}
 	case STORE_WEBHOOK_PRUNE: {
 		int64_t v[1] = {(int64_t)m->webhook_prune.before};
 		int n = exec_ints(db, "DELETE FROM webhook_deliveries WHERE received_at < ?1", 1, v);

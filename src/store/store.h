@@ -92,6 +92,7 @@ enum store_mut_kind {
 	STORE_AUDIT,        /* nothing but the attached audit record */
 	STORE_WEBHOOK_DELIVERY, /* webhook: -EEXIST replay (delivery or job key known) */
 	STORE_WEBHOOK_PRUNE, /* webhook_prune: forget delivery ids older than `before` */
+	STORE_ORG_LIMITS,   /* org_limits: an org's own cap on running jobs; -ENOENT */
 };
 
 /* A wrapped data key (org 0: the server's own key, for job tokens). */
@@ -242,6 +243,10 @@ struct store_mut {
 		struct {
 			uint64_t before;
 		} webhook_prune;
+		struct {
+			int64_t id;
+			int64_t max_running; /* 0: the server's default */
+		} org_limits;
 	};
 	/* Optional: the audit record of the call this mutation carries out. */
 	struct store_audit *audit;
