@@ -103,6 +103,8 @@ void metrics_free(struct metrics *m)
 	free(m);
 }
 
+static struct series *series_get(struct metric *f, const char *const *values);
+
 static struct metric *family_new(struct metrics *m, enum metric_type type, const char *name,
 				 const char *help, const char *const *labels,
 				 const double *buckets, size_t n_buckets)
@@ -129,6 +131,10 @@ static struct metric *family_new(struct metrics *m, enum metric_type type, const
 		f->n_buckets = n_buckets;
 	}
 	pthread_mutex_init(&f->lock, NULL);
+	/* A family without labels has its one series from the start, at 0: a
+	 * scraper sees 0 -> N, so rate() and increase() count the first events. */
+	if (f->n_labels == 0)
+		series_get(f, NULL);
 	m->families = xgrow(m->families, &m->cap, m->n + 1, sizeof(*m->families)); // NOLINT(bugprone-sizeof-expression): an array of pointers
 	m->families[m->n++] = f;
 	pthread_mutex_unlock(&m->lock);

@@ -20,7 +20,7 @@ void metrics_free(struct metrics *m);
 
 /*
  * Registers a family. `labels` is a NULL-terminated list of label names (or
- * NULL). For histograms, `buckets` holds n_buckets ascending upper bounds
+ * NULL; such a family exports its one series, at 0, from the start). For histograms, `buckets` holds n_buckets ascending upper bounds
  * (the +Inf bucket is implicit).
  * Registering the same name twice returns the existing family.
  */

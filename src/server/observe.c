@@ -177,6 +177,15 @@ static void collect_sched(struct metrics *m, void *ud)
 			   (double)orgs[i].leased);
 		metric_set(o->jobs_active, (const char *const[]){"running", orgs[i].name},
 			   (double)orgs[i].running);
+		/* Every org's counters exist from the start, at 0 (see metrics.h). */
+		struct metric *const per_org[] = {o->jobs_submitted, o->jobs_requeued, o->job_cpu,
+						  o->job_io_read,     o->job_io_write,  o->job_gpu_seconds,
+						  o->job_oom};
+		for (size_t k = 0; k < ARRAY_SIZE(per_org); k++)
+			metric_add(per_org[k], org, 0);
+		for (int st = JOB_SUCCEEDED; st < JOB_STATE_MAX; st++)
+			metric_add(o->jobs_ended,
+				   (const char *const[]){job_state_to_string(st), orgs[i].name}, 0);
 		free(orgs[i].name);
 	}
 	free(orgs);
@@ -247,6 +256,11 @@ void obs_init(struct server *s)
 	                      "Wall time of finished attempts, as the agent measured "
 	                      "it.",
 	                      l_exec, metrics_duration_buckets, metrics_duration_buckets_n);
+	/* The executors there are, from the start (at 0). */
+	uint64_t *none = xcalloc(metrics_duration_buckets_n + 1, sizeof(uint64_t));
+	metric_histogram_set(o->job_duration, (const char *const[]){"sandbox"}, none, 0);
+	metric_histogram_set(o->job_duration, (const char *const[]){"gpu"}, none, 0);
+	free(none);
 	o->job_cpu = metrics_counter(m, "kiln_job_cpu_seconds_total",
 	                             "CPU time (user + system) used by finished attempts.", l_org);
 	o->job_mem_peak =

@@ -31,6 +31,14 @@ class Up:
         self.addr = None
 
     def start(self, timeout=60):
+        """Starts it and waits for its agent; stops it again if that fails."""
+        try:
+            return self._start(timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self, timeout):
         env = dict(os.environ)
         env.pop("KILN_ADDR", None)
         env.setdefault("KILN_INIT", kilntest.KILN_INIT)
