@@ -81,4 +81,6 @@ int cmd_admin(int argc, char **argv);
 extern const char cmd_secret_help[], cmd_webhook_help[];
 int cmd_secret(int argc, char **argv);
 int cmd_webhook(int argc, char **argv);
+extern const char cmd_audit_help[];
+int cmd_audit(int argc, char **argv);
 

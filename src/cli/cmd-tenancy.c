@@ -829,3 +829,124 @@ int cmd_webhook(int argc, char **argv)
 	}
 	return rc;
 }
+
+/* ---- kiln audit ----------------------------------------------------------- */
+
+const char cmd_audit_help[] =
+	"usage: kiln audit [--since WHEN] [--org ORG] [--limit N] [-o FORMAT]\n"
+	"       kiln audit --verify\n"
+	"\n"
+	"The audit log: one record per mutating call — when, who (the token, or the\n"
+	"webhook), the org, the action, its target, the result, the HTTP status and\n"
+	"the client's address — oldest first. Append-only, and hash-chained: each\n"
+	"record carries the SHA-256 of the previous one and itself; --verify checks\n"
+	"the whole chain (admin). An owner sees their org's records; an admin every\n"
+	"org's (or --org's).\n"
+	"\n"
+	"options:\n"
+	"  --since WHEN   RFC 3339 time, or a duration ago (24h, 7d)\n"
+	"  --org ORG      one org (admin)\n"
+	"  --limit N      at most N records (default 1000)\n"
+	"  -o FORMAT      table (default), json or yaml\n"
+	"\n"
+	"exit codes: 0 done (--verify: the chain is intact), 1 refused, server\n"
+	"error or (--verify) a broken chain, 2 usage error.\n";
+
+static void audit_table(const json_t *v)
+{
+	struct table t;
+	table_init(&t, 8, "SEQ", "AT", "ORG", "ACTOR", "ACTION", "TARGET", "RESULT", "SOURCE");
+	size_t i;
+	const json_t *o;
+	json_array_foreach(v, i, o) {
+		char seq[64], status[80];
+		const char *org = json_string_value(json_object_get(o, "org"));
+		snprintf(status, sizeof(status), "%s %" JSON_INTEGER_FORMAT,
+			 json_string_value(json_object_get(o, "result")),
+			 json_integer_value(json_object_get(o, "status")));
+		table_add(&t, cli_str(json_object_get(o, "seq"), seq),
+			  json_string_value(json_object_get(o, "at")), org ? org : "-",
+			  json_string_value(json_object_get(o, "actor")),
+			  json_string_value(json_object_get(o, "action")),
+			  json_string_value(json_object_get(o, "target")), status,
+			  json_string_value(json_object_get(o, "source")));
+	}
+	table_print(&t, stdout);
+	table_release(&t);
+}
+
+enum { OPT_SINCE = 400, OPT_VERIFY };
+
+int cmd_audit(int argc, char **argv)
+{
+	static const struct option opts[] = {
+		COMMON_OPTS,
+		{"org", required_argument, NULL, OPT_ORG},
+		{"since", required_argument, NULL, OPT_SINCE},
+		{"limit", required_argument, NULL, OPT_LIMIT},
+		{"verify", no_argument, NULL, OPT_VERIFY},
+		{0},
+	};
+	struct common co = {.cmd = "audit"};
+	const char *org = NULL, *since = NULL;
+	int64_t limit = 1000;
+	bool verify = false;
+	int c;
+	while ((c = getopt_long(argc, argv, "ho:", opts, NULL)) != -1) {
+		switch (c) {
+		case OPT_ORG: org = optarg; continue;
+		case OPT_SINCE: since = optarg; continue;
+		case OPT_VERIFY: verify = true; continue;
+		case OPT_LIMIT:
+			if (parse_int64(optarg, 1, 10000, &limit) < 0)
+				return cli_usage_error("audit", "--limit: '%s' is not in 1..10000", optarg);
+			continue;
+		default: break;
+		}
+		int r = common_opt(&co, c);
+		if (r)
+			return r == 1 ? cli_usage_error("audit", "unknown option") : finish(r);
+	}
+	if (optind != argc)
+		return cli_usage_error("audit", "takes options only");
+	json_t *ans = NULL;
+	if (verify) {
+		int rc = request(&co, "GET", "/v1/audit/verify", NULL, &ans);
+		if (rc == EXIT_OK) {
+			if (co.out != OUT_TABLE)
+				print_doc(&co, ans);
+			else if (json_is_true(json_object_get(ans, "intact")))
+				printf("the audit log is intact: %" JSON_INTEGER_FORMAT " records\n",
+				       json_integer_value(json_object_get(ans, "records")));
+			else
+				printf("the audit log is BROKEN at record %" JSON_INTEGER_FORMAT
+				       " (altered or removed behind the server's back)\n",
+				       json_integer_value(json_object_get(ans, "first_bad_seq")));
+			if (!json_is_true(json_object_get(ans, "intact")))
+				rc = EXIT_FAIL;
+		}
+		json_decref(ans);
+		return rc;
+	}
+	struct buf path = BUF_INIT;
+	buf_printf(&path, "/v1/audit?limit=%" PRId64, limit);
+	if (org) {
+		_cleanup_free_ char *e = client_escape(org, false);
+		buf_printf(&path, "&org=%s", e);
+	}
+	if (since) {
+		_cleanup_free_ char *e = client_escape(since, false);
+		buf_printf(&path, "&since=%s", e);
+	}
+	int rc = request(&co, "GET", path.data, NULL, &ans);
+	buf_release(&path);
+	if (rc == EXIT_OK) {
+		const json_t *v = json_object_get(ans, "records");
+		if (co.out == OUT_TABLE)
+			audit_table(v);
+		else
+			print_doc(&co, v);
+	}
+	json_decref(ans);
+	return rc;
+}

@@ -29,6 +29,7 @@ const struct cli_command cli_commands[] = {
 	{"admin", "mint an admin token locally; rotate the master key", cmd_admin_help, cmd_admin},
 	{"secret", "set, list and delete an org's secrets", cmd_secret_help, cmd_secret},
 	{"webhook", "GitHub webhook intake: secret, deliveries", cmd_webhook_help, cmd_webhook},
+	{"audit", "show and verify the audit log", cmd_audit_help, cmd_audit},
 };
 const size_t cli_commands_count = ARRAY_SIZE(cli_commands);
 

@@ -606,6 +606,10 @@ int64_t jobs_first_id(const struct submit_ctx *c);
 size_t jobs_count(const struct submit_ctx *c);
 void submit_ctx_free(void *p);
 
+/* audit.c */
+void h_audit_list(struct req *r);
+void h_audit_verify(struct req *r);
+
 /* limits.c: per-org rate limits */
 /* Sets up o's buckets from the configuration. Under lock. */
 void limits_init_org(struct server *s, struct sorg *o);

@@ -115,6 +115,8 @@ const struct route server_routes[] = {
 	  OWNER, h_webhook_secret_drop_previous, NULL),
 	R("GET", "/v1/github/deliveries", "github.deliveries", BODY_NONE, READ,
 	  h_webhook_deliveries, NULL),
+	R("GET", "/v1/audit", "audit.list", BODY_NONE, ROUTE_OWNER, h_audit_list, NULL),
+	R("GET", "/v1/audit/verify", "audit.verify", BODY_NONE, ROUTE_ADMIN, h_audit_verify, NULL),
 	R("GET", "/v1/secrets", "secrets.list", BODY_NONE, READ, h_secrets_list, NULL),
 	R("PUT", "/v1/secrets/{name}", "secrets.set", BODY_TEXT, OWNER, h_secret_put, NULL),
 	R("DELETE", "/v1/secrets/{name}", "secrets.delete", BODY_NONE, OWNER, h_secret_delete,
