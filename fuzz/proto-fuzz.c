@@ -9,7 +9,10 @@
  *  - proto_capacity_from_json() on the input as JSON either fills a capacity
  *    with no negative field or refuses with a message;
  *  - splitting labels and joining them again is the identity on the
- *    non-empty, lower-case parts.
+ *    non-empty, lower-case parts;
+ *  - proto_usage_from_json() on the input as JSON either refuses with a
+ *    message or accepts a report whose JSON form reads back to the same
+ *    measures.
  */
 #include "proto/proto.h"
 
@@ -94,6 +97,33 @@ static void check_labels(const char *s)
 	proto_strv_free(v2, n2);
 }
 
+static void check_usage(const char *s, size_t len)
+{
+	json_t *j = json_loadb(s, len, 0, NULL);
+	if (!j)
+		return;
+	struct proto_usage u, back;
+	struct kiln_err err = {0};
+	if (proto_usage_from_json(j, &u, &err) < 0) {
+		if (!err.msg[0])
+			abort();
+		json_decref(j);
+		return;
+	}
+	json_decref(j);
+	if (!u.reported || strlen(u.executor) >= PROTO_EXECUTOR_MAX)
+		abort();
+	json_t *out = proto_usage_to_json(&u);
+	if (proto_usage_from_json(out, &back, &err) < 0)
+		abort();
+	if (back.wall_ms != u.wall_ms || back.cpu_user_ms != u.cpu_user_ms ||
+	    back.cpu_system_ms != u.cpu_system_ms || back.memory_peak_bytes != u.memory_peak_bytes ||
+	    back.io_read_bytes != u.io_read_bytes || back.io_write_bytes != u.io_write_bytes ||
+	    back.oom_kills != u.oom_kills || strcmp(back.executor, u.executor) != 0)
+		abort();
+	json_decref(out);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	if (size > 4096)
@@ -103,6 +133,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	check_path(s, len);
 	check_time(s);
 	check_capacity((const char *)data, size);
+	check_usage((const char *)data, size);
 	check_labels(s);
 	free(s);
 	return 0;
