@@ -621,6 +621,26 @@ int limits_take(struct req *r, int64_t org_id, enum limit_kind kind, double cost
 void h_orgs_limits(struct req *r);
 
 /* webhook.c */
+struct webhook_event {
+	char action[32];
+	int64_t gh_job_id, run_attempt;
+	json_t *payload; /* the whole document (owned) */
+};
+/*
+ * Checks a workflow_job payload (after its signature verified): a JSON
+ * object with a short lower-case action, workflow_job.id > 0, an optional
+ * run_attempt > 0 (default 1) and at most 64 labels. -EINVAL with err.
+ */
+int webhook_payload_parse(const char *body, size_t len, struct webhook_event *ev,
+			  struct kiln_err *err);
+/*
+ * The runs-on of a queued GitHub job: its labels lower-cased, without
+ * `self-hosted`. NULL, with *why, when a label is not a kiln label.
+ */
+json_t *webhook_runs_on(json_t *labels, const char **why);
+/* The kiln job spec (JSON text) a queued GitHub job becomes (caller frees). */
+char *webhook_runner_spec(json_t *payload, json_t *runs_on, const char *org,
+			  const char *delivery, const char *command, const char *secrets);
 void h_webhook_github(struct req *r);
 void h_webhook_secret_put(struct req *r);
 void h_webhook_secret_drop_previous(struct req *r);

@@ -33,8 +33,8 @@
 #include <inttypes.h>
 #include <sodium.h>
 
-#define WH_SECRET "github-webhook"
-#define WH_PREVIOUS "github-webhook-previous"
+#define WH_SECRET      "github-webhook"
+#define WH_PREVIOUS    "github-webhook-previous"
 #define PRUNE_EVERY_NS (3600ULL * NSEC_PER_SEC)
 
 /* A delivery between its checks and its commit (server.wh_pending, under lock). */
@@ -101,7 +101,7 @@ static bool pending_has(struct server *s, const struct wh_pending *k)
 static void reply(struct req *r, int status, const struct wh_ctx *c, int64_t job_id, bool dup)
 {
 	json_t *o = json_pack("{s:s,s:s,s:b}", "delivery", c->key.delivery, "outcome",
-			      c->outcome ? c->outcome : "", "duplicate", dup);
+	                      c->outcome ? c->outcome : "", "duplicate", dup);
 	json_object_set_new(o, "job", job_id > 0 ? json_integer(job_id) : json_null());
 	req_reply_json(r, (unsigned)status, o);
 }
@@ -129,7 +129,7 @@ static void delivery_done(struct store_mut *m, void *ud)
 	wh_unpend(r->srv, c);
 	if (m->result < 0) {
 		req_reply_error(r, MHD_HTTP_INTERNAL_SERVER_ERROR, "internal",
-				"the delivery could not be recorded");
+		                "the delivery could not be recorded");
 		return;
 	}
 	reply(r, c->status, c, job_id, false);
@@ -139,14 +139,17 @@ static void delivery_done(struct store_mut *m, void *ud)
 static void record(struct req *r, struct wh_ctx *c, int64_t org_id, int status)
 {
 	c->status = status;
-	c->mut = (struct store_mut){
-		.kind = STORE_WEBHOOK_DELIVERY,
-		.webhook = {.delivery = c->key.delivery, .org_id = org_id, .event = c->event,
-			    .action = c->action ? c->action : "", .gh_job_id = c->key.gh_job_id,
-			    .run_attempt = c->key.run_attempt, .outcome = c->outcome,
-			    .now = proto_now_ms()},
-		.done = delivery_done,
-		.userdata = r};
+	c->mut = (struct store_mut){.kind = STORE_WEBHOOK_DELIVERY,
+	                            .webhook = {.delivery = c->key.delivery,
+	                                        .org_id = org_id,
+	                                        .event = c->event,
+	                                        .action = c->action ? c->action : "",
+	                                        .gh_job_id = c->key.gh_job_id,
+	                                        .run_attempt = c->key.run_attempt,
+	                                        .outcome = c->outcome,
+	                                        .now = proto_now_ms()},
+	                            .done = delivery_done,
+	                            .userdata = r};
 	req_audit_org(r, org_id);
 	if (c->jobs)
 		jobs_commit_with(r, c->jobs, &c->mut); /* sets .job, submits with the audit */
@@ -156,30 +159,43 @@ static void record(struct req *r, struct wh_ctx *c, int64_t org_id, int status)
 
 /* ---- the payload ---------------------------------------------------------- */
 
-/* One line of at most max bytes (cut at a UTF-8 boundary), control characters as spaces. */
+/*
+ * A payload string made safe for a job spec: one line of at most max bytes
+ * (cut at a UTF-8 boundary), control characters as spaces, and "${{" as
+ * "$ {{" — specs have no escape for it, and a repository or job name must
+ * neither break the spec nor be taken for a matrix expression.
+ */
 static char *one_line(const char *s, size_t max)
 {
 	size_t n = strlen(s);
 	if (n > max)
 		n = max;
 	n = utf8_valid_prefix(s, n);
-	char *o = xstrndup(s, n);
-	for (char *p = o; *p; p++)
-		if ((unsigned char)*p < 0x20 || *p == 0x7f)
-			*p = ' ';
-	return o;
+	struct buf b = BUF_INIT;
+	buf_puts(&b, "");
+	for (size_t i = 0; i < n; i++) {
+		char c = s[i];
+		if ((unsigned char)c < 0x20 || c == 0x7f)
+			c = ' ';
+		buf_putc(&b, c);
+		if (c == '$' && i + 2 < n && s[i + 1] == '{' && s[i + 2] == '{')
+			buf_putc(&b, ' ');
+	}
+	return buf_steal(&b);
 }
 
 /*
  * The runs-on of a queued GitHub job: its labels lower-cased, without
- * `self-hosted` (every kiln agent is). NULL and *why if one is no kiln label.
+ * `self-hosted` (every kiln agent is) and duplicates. NULL and *why if one
+ * is no kiln label.
  */
-static json_t *runs_on_of(json_t *labels, const char **why)
+json_t *webhook_runs_on(json_t *labels, const char **why)
 {
 	json_t *out = json_array();
 	size_t i;
 	json_t *v;
-	json_array_foreach(labels, i, v) {
+	json_array_foreach(labels, i, v)
+	{
 		const char *l = json_string_value(v);
 		if (!l || !spec_label_valid(l)) {
 			*why = "a label is not a valid kiln label";
@@ -189,7 +205,14 @@ static json_t *runs_on_of(json_t *labels, const char **why)
 		_cleanup_free_ char *low = xstrdup(l);
 		for (char *p = low; *p; p++)
 			*p = (char)tolower((unsigned char)*p);
-		if (!streq(low, "self-hosted"))
+		bool dup = streq(low, "self-hosted");
+		size_t k;
+		json_t *w;
+		json_array_foreach(out, k, w)
+		{
+			dup |= streq(json_string_value(w), low);
+		}
+		if (!dup)
 			json_array_append_new(out, json_string(low));
 	}
 	return out;
@@ -204,7 +227,8 @@ static bool pool_matches(struct server *s, int64_t org_id, json_t *runs_on)
 		bool all = true;
 		size_t i;
 		json_t *v;
-		json_array_foreach(runs_on, i, v) {
+		json_array_foreach(runs_on, i, v)
+		{
 			bool found = false;
 			for (size_t k = 0; k < a->n_labels && !found; k++)
 				found = streq(a->labels[k], json_string_value(v));
@@ -233,17 +257,17 @@ static void env_int(json_t *env, const char *k, int64_t v)
 }
 
 /* The kiln job spec (JSON text) of a queued GitHub job. */
-static char *runner_spec(struct server *s, json_t *payload, json_t *runs_on, const char *org,
-			 const char *delivery)
+char *webhook_runner_spec(json_t *payload, json_t *runs_on, const char *org, const char *delivery,
+                          const char *command, const char *secrets)
 {
 	json_t *wj = json_object_get(payload, "workflow_job");
 	const char *repo =
-		json_string_value(json_object_get(json_object_get(payload, "repository"), "full_name"));
+	    json_string_value(json_object_get(json_object_get(payload, "repository"), "full_name"));
 	const char *jname = json_string_value(json_object_get(wj, "name"));
 	int64_t gh_id = json_integer_value(json_object_get(wj, "id"));
 	json_t *attempt = json_object_get(wj, "run_attempt");
-	_cleanup_free_ char *name = xasprintf("github %s: %s", repo ? repo : "?",
-					      jname ? jname : "job");
+	_cleanup_free_ char *name =
+	    xasprintf("github %s: %s", repo ? repo : "?", jname ? jname : "job");
 	_cleanup_free_ char *short_name = one_line(name, 200);
 	json_t *env = json_object();
 	env_set(env, "GH_REPOSITORY", repo);
@@ -258,18 +282,17 @@ static char *runner_spec(struct server *s, json_t *payload, json_t *runs_on, con
 	buf_puts(&labels, "self-hosted");
 	size_t i;
 	json_t *v;
-	json_array_foreach(runs_on, i, v)
-		buf_printf(&labels, ",%s", json_string_value(v));
+	json_array_foreach(runs_on, i, v) buf_printf(&labels, ",%s", json_string_value(v));
 	env_set(env, "GH_LABELS", labels.data);
 	buf_release(&labels);
 	_cleanup_free_ char *runner = xasprintf("kiln-%s-%" PRId64, org, gh_id);
 	env_set(env, "GH_RUNNER_NAME", runner);
-	json_t *spec = json_pack("{s:s,s:O,s:o,s:[{s:s,s:s}]}", "name", short_name, "runs-on",
-				 runs_on, "env", env, "steps", "name", "GitHub Actions runner",
-				 "run", s->cfg.github_runner_command);
-	if (s->cfg.github_runner_secrets && *s->cfg.github_runner_secrets) {
+	json_t *spec =
+	    json_pack("{s:s,s:O,s:o,s:[{s:s,s:s}]}", "name", short_name, "runs-on", runs_on, "env",
+	              env, "steps", "name", "GitHub Actions runner", "run", command);
+	if (secrets && *secrets) {
 		size_t n;
-		char **names = proto_labels_split(s->cfg.github_runner_secrets, &n);
+		char **names = proto_labels_split(secrets, &n);
 		json_t *arr = json_array();
 		for (size_t k = 0; k < n; k++) {
 			/* proto_labels_split lower-cases; secret names are upper-case. */
@@ -285,77 +308,91 @@ static char *runner_spec(struct server *s, json_t *payload, json_t *runs_on, con
 	return text;
 }
 
-/* The checks of the payload of a signed workflow_job delivery; 400 if bad. */
-static json_t *parse_payload(struct req *r, struct wh_ctx *c)
+int webhook_payload_parse(const char *body, size_t len, struct webhook_event *ev,
+                          struct kiln_err *err)
 {
 	json_error_t jerr;
-	json_t *p = json_loadb(r->body.data ? r->body.data : "", r->body.len,
-			       JSON_REJECT_DUPLICATES, &jerr);
+	json_t *p = json_loadb(body ? body : "", len, JSON_REJECT_DUPLICATES, &jerr);
 	if (!json_is_object(p)) {
 		json_decref(p);
-		req_reply_error(r, MHD_HTTP_BAD_REQUEST, "bad_json",
-				"workflow_job payload: not a JSON object (line %d, column %d: %s)",
-				jerr.line, jerr.column, jerr.text);
-		return NULL;
+		return kiln_err_set(
+		    err, -EINVAL,
+		    "workflow_job payload: not a JSON object (line %d, column %d: %s)", jerr.line,
+		    jerr.column, jerr.text);
 	}
 	const char *action = json_string_value(json_object_get(p, "action"));
 	json_t *wj = json_object_get(p, "workflow_job");
 	json_t *id = json_object_get(wj, "id"), *attempt = json_object_get(wj, "run_attempt");
 	json_t *labels = json_object_get(wj, "labels");
 	const char *why = NULL;
-	if (!action || !*action || strlen(action) >= sizeof(c->key.action))
+	if (!action || !*action || strlen(action) >= sizeof(ev->action))
 		why = "'action' must be a short string";
 	else if (!json_is_object(wj))
 		why = "'workflow_job' must be an object";
 	else if (!json_is_integer(id) || json_integer_value(id) <= 0)
 		why = "'workflow_job.id' must be a positive integer";
 	else if (attempt && !json_is_null(attempt) &&
-		 (!json_is_integer(attempt) || json_integer_value(attempt) <= 0))
+	         (!json_is_integer(attempt) || json_integer_value(attempt) <= 0))
 		why = "'workflow_job.run_attempt' must be a positive integer";
 	else if (!json_is_array(labels) || json_array_size(labels) > 64)
 		why = "'workflow_job.labels' must be a list of at most 64 labels";
+	for (const char *q = why ? "" : action; *q && !why; q++)
+		if (!islower((unsigned char)*q) && *q != '_')
+			why = "'action' must be lower-case letters";
 	if (why) {
 		json_decref(p);
-		req_reply_error(r, MHD_HTTP_BAD_REQUEST, "bad_payload", "workflow_job payload: %s",
-				why);
+		return kiln_err_set(err, -EINVAL, "workflow_job payload: %s", why);
+	}
+	snprintf(ev->action, sizeof(ev->action), "%s", action);
+	ev->gh_job_id = json_integer_value(id);
+	ev->run_attempt = json_is_integer(attempt) ? json_integer_value(attempt) : 1;
+	ev->payload = p;
+	return 0;
+}
+
+/* The checks of the payload of a signed workflow_job delivery; 400 if bad. */
+static json_t *parse_payload(struct req *r, struct wh_ctx *c)
+{
+	struct webhook_event ev = {0};
+	struct kiln_err err = {0};
+	if (webhook_payload_parse(r->body.data, r->body.len, &ev, &err) < 0) {
+		req_reply_error(r, MHD_HTTP_BAD_REQUEST,
+		                strstr(err.msg, "not a JSON object") ? "bad_json" : "bad_payload",
+		                "%s", err.msg);
 		return NULL;
 	}
-	for (const char *q = action; *q; q++)
-		if (!islower((unsigned char)*q) && *q != '_') {
-			json_decref(p);
-			req_reply_error(r, MHD_HTTP_BAD_REQUEST, "bad_payload",
-					"workflow_job payload: 'action' must be lower-case letters");
-			return NULL;
-		}
-	c->action = xstrdup(action);
-	snprintf(c->key.action, sizeof(c->key.action), "%s", action);
-	c->key.gh_job_id = json_integer_value(id);
-	c->key.run_attempt = json_is_integer(attempt) ? json_integer_value(attempt) : 1;
-	return p;
+	c->action = xstrdup(ev.action);
+	snprintf(c->key.action, sizeof(c->key.action), "%s", ev.action);
+	c->key.gh_job_id = ev.gh_job_id;
+	c->key.run_attempt = ev.run_attempt;
+	return ev.payload;
 }
 
 /* `completed` for a job kiln made and never started: cancel it. Under nothing. */
 static char *cancel_unstarted(struct server *s, int64_t org_id, const struct wh_ctx *c,
-			      json_t *payload)
+                              json_t *payload)
 {
 	int64_t job_id = 0;
 	if (store_webhook_event_job(s->store, org_id, c->key.gh_job_id, c->key.run_attempt,
-				    "queued", &job_id) < 0 ||
+	                            "queued", &job_id) < 0 ||
 	    job_id <= 0)
 		return xstrdup("recorded (kiln made no job for it)");
 	const char *concl = json_string_value(
-		json_object_get(json_object_get(payload, "workflow_job"), "conclusion"));
+	    json_object_get(json_object_get(payload, "workflow_job"), "conclusion"));
 	pthread_mutex_lock(&s->lock);
 	struct sjob *j = sched_job(s, job_id);
 	char *outcome;
 	if (j && j->state == JOB_QUEUED) {
 		struct store_mut *m = mut_new(STORE_JOB_FINISH);
-		char *msg = xasprintf("cancelled: GitHub reports its job %" PRId64 " completed (%s) "
-				      "before kiln started it",
-				      c->key.gh_job_id, concl ? concl : "no conclusion");
-		m->finish = (__typeof__(m->finish)){.job_id = job_id, .fence = 0,
-						    .state = JOB_CANCELLED, .message = msg,
-						    .now = proto_now_ms()};
+		char *msg =
+		    xasprintf("cancelled: GitHub reports its job %" PRId64 " completed (%s) "
+		              "before kiln started it",
+		              c->key.gh_job_id, concl ? concl : "no conclusion");
+		m->finish = (__typeof__(m->finish)){.job_id = job_id,
+		                                    .fence = 0,
+		                                    .state = JOB_CANCELLED,
+		                                    .message = msg,
+		                                    .now = proto_now_ms()};
 		mut_set_msg(m, msg);
 		mut_submit_detached(s, m);
 		sched_free_job(s, j);
@@ -384,8 +421,8 @@ void h_webhook_github(struct req *r)
 		keys[n++] = cur.data;
 	if (org_id && secret_get_plain(s, org_id, WH_PREVIOUS, &prev) == 0)
 		keys[n++] = prev.data;
-	int v = webhook_verify(req_header(r, "X-Hub-Signature-256"), r->body.data ? r->body.data : "",
-			       r->body.len, keys, n);
+	int v = webhook_verify(req_header(r, "X-Hub-Signature-256"),
+	                       r->body.data ? r->body.data : "", r->body.len, keys, n);
 	sodium_memzero(cur.data, cur.len);
 	sodium_memzero(prev.data, prev.len);
 	buf_release(&cur);
@@ -393,11 +430,14 @@ void h_webhook_github(struct req *r)
 	if (v < 0) {
 		char ob[96];
 		log_warn("webhook refused: bad signature org=%s req=%s from=%s why=%s",
-			 log_field(org, ob, sizeof(ob)), r->id, r->source,
-			 !org_id ? "unknown-org" : !n ? "no-secret" : v == -EINVAL ? "malformed" : "mismatch");
+		         log_field(org, ob, sizeof(ob)), r->id, r->source,
+		         !org_id        ? "unknown-org"
+		         : !n           ? "no-secret"
+		         : v == -EINVAL ? "malformed"
+		                        : "mismatch");
 		req_reply_error(r, MHD_HTTP_UNAUTHORIZED, "bad_signature",
-				"X-Hub-Signature-256 does not verify against this org's webhook "
-				"secret");
+		                "X-Hub-Signature-256 does not verify against this org's webhook "
+		                "secret");
 		return;
 	}
 	if (limits_take(r, org_id, LIMIT_WEBHOOK, 1) < 0)
@@ -407,19 +447,19 @@ void h_webhook_github(struct req *r)
 	const char *event = req_header(r, "X-GitHub-Event");
 	r->who = (struct principal){.org_id = org_id, .role = ROLE_NONE};
 	snprintf(r->who.label, sizeof(r->who.label), "github webhook (secret %s)",
-		 v == 0 ? "current" : "previous");
+	         v == 0 ? "current" : "previous");
 	r->who.name = r->who.label;
 	r->principal = &r->who;
-	bool ok = delivery && event && *delivery && *event && strlen(delivery) < 64 &&
-		  strlen(event) < 64;
+	bool ok =
+	    delivery && event && *delivery && *event && strlen(delivery) < 64 && strlen(event) < 64;
 	for (const char *p = ok ? delivery : ""; *p && ok; p++)
 		ok = isalnum((unsigned char)*p) || *p == '-';
 	for (const char *p = ok ? event : ""; *p && ok; p++)
 		ok = islower((unsigned char)*p) || *p == '_';
 	if (!ok) {
 		req_reply_error(r, MHD_HTTP_BAD_REQUEST, "bad_request",
-				"X-GitHub-Delivery (letters, digits, '-') and X-GitHub-Event are "
-				"required");
+		                "X-GitHub-Delivery (letters, digits, '-') and X-GitHub-Event are "
+		                "required");
 		return;
 	}
 	struct wh_ctx *c = xcalloc(1, sizeof(*c));
@@ -435,9 +475,9 @@ void h_webhook_github(struct req *r)
 		payload = parse_payload(r, c);
 		if (!payload)
 			return;
-		req_audit_target(r, "github delivery %s (workflow_job %s, job %" PRId64
-				 " attempt %" PRId64 ")",
-				 delivery, c->action, c->key.gh_job_id, c->key.run_attempt);
+		req_audit_target(
+		    r, "github delivery %s (workflow_job %s, job %" PRId64 " attempt %" PRId64 ")",
+		    delivery, c->action, c->key.gh_job_id, c->key.run_attempt);
 	}
 
 	/* 3. Replays: in flight here, or committed. */
@@ -446,7 +486,7 @@ void h_webhook_github(struct req *r)
 	pthread_mutex_unlock(&s->lock);
 	if (!dup) {
 		int seen = store_webhook_seen(s->store, org_id, c->key.delivery, c->key.gh_job_id,
-					      c->key.run_attempt, c->action ? c->action : "");
+		                              c->key.run_attempt, c->action ? c->action : "");
 		dup = seen != 0;
 	}
 	pthread_mutex_lock(&s->lock);
@@ -470,9 +510,8 @@ void h_webhook_github(struct req *r)
 		c->outcome = xasprintf(streq(event, "ping") ? "pong" : "ignored (event %s)", event);
 	} else if (streq(c->action, "queued")) {
 		const char *why = NULL;
-		json_t *runs_on = runs_on_of(json_object_get(json_object_get(payload, "workflow_job"),
-							     "labels"),
-					     &why);
+		json_t *runs_on = webhook_runs_on(
+		    json_object_get(json_object_get(payload, "workflow_job"), "labels"), &why);
 		pthread_mutex_lock(&s->lock);
 		bool match = runs_on && pool_matches(s, org_id, runs_on);
 		pthread_mutex_unlock(&s->lock);
@@ -481,8 +520,11 @@ void h_webhook_github(struct req *r)
 		} else if (!match) {
 			c->outcome = xstrdup("no job: no agent of this org's pools has its labels");
 		} else {
-			_cleanup_free_ char *text = runner_spec(s, payload, runs_on, org, delivery);
-			c->jobs = jobs_prepare(r, "github workflow_job", text, strlen(text), org_id);
+			_cleanup_free_ char *text = webhook_runner_spec(
+			    payload, runs_on, org, delivery, s->cfg.github_runner_command,
+			    s->cfg.github_runner_secrets);
+			c->jobs =
+			    jobs_prepare(r, "github workflow_job", text, strlen(text), org_id);
 			if (!c->jobs) {
 				/* Answered (400): a misconfigured runner template or secret;
 				 * GitHub may redeliver once it is fixed. */
@@ -504,8 +546,8 @@ void h_webhook_github(struct req *r)
 	{
 		char ob[96], db[96];
 		log_info("webhook delivery org=%s req=%s delivery=%s event=%s action=%s outcome=%s",
-			 log_field(org, ob, sizeof(ob)), r->id, log_field(delivery, db, sizeof(db)),
-			 event, c->action ? c->action : "-", c->outcome);
+		         log_field(org, ob, sizeof(ob)), r->id, log_field(delivery, db, sizeof(db)),
+		         event, c->action ? c->action : "-", c->outcome);
 	}
 	record(r, c, org_id, status);
 }
@@ -541,12 +583,12 @@ static void wsecret_done(struct store_mut *m, void *ud)
 	struct wsecret_ctx *c = r->ctx;
 	if (m->result < 0) {
 		req_reply_error(r, MHD_HTTP_INTERNAL_SERVER_ERROR, "internal",
-				"the webhook secret could not be stored");
+		                "the webhook secret could not be stored");
 		return;
 	}
 	req_reply_json(r, MHD_HTTP_OK,
-		       json_pack("{s:I,s:b}", "version", (json_int_t)c->version, "previous_kept",
-				 c->kept_previous));
+	               json_pack("{s:I,s:b}", "version", (json_int_t)c->version, "previous_kept",
+	                         c->kept_previous));
 }
 
 void h_webhook_secret_put(struct req *r)
@@ -560,9 +602,10 @@ void h_webhook_secret_put(struct req *r)
 	const char *v = r->body.data ? r->body.data : "";
 	size_t len = r->body.len;
 	if (len < 8 || len > 1024 || memchr(v, '\0', len) || !utf8_valid(v, len)) {
-		req_reply_error(r, MHD_HTTP_BAD_REQUEST, "bad_value",
-				"the webhook secret (the request body) must be 8..1024 bytes of text "
-				"without NUL, as entered in GitHub");
+		req_reply_error(
+		    r, MHD_HTTP_BAD_REQUEST, "bad_value",
+		    "the webhook secret (the request body) must be 8..1024 bytes of text "
+		    "without NUL, as entered in GitHub");
 		return;
 	}
 	struct wsecret_ctx *c = xcalloc(1, sizeof(*c));
@@ -575,7 +618,7 @@ void h_webhook_secret_put(struct req *r)
 	if (secret_get_plain(s, org_id, WH_SECRET, &old) == 0 &&
 	    !(old.len == len && sodium_memcmp(old.data, v, len) == 0)) {
 		rc = secret_seal(s, org_id, WH_PREVIOUS, old.data, old.len, &c->prev_version,
-				 &c->prev_sealed);
+		                 &c->prev_sealed);
 		c->kept_previous = rc >= 0;
 	}
 	sodium_memzero(old.data, old.len);
@@ -585,26 +628,32 @@ void h_webhook_secret_put(struct req *r)
 	sodium_memzero(r->body.data, r->body.len);
 	if (rc < 0) {
 		req_reply_error(r, MHD_HTTP_INTERNAL_SERVER_ERROR, "internal",
-				"cannot seal the webhook secret: %s", strerror(-rc));
+		                "cannot seal the webhook secret: %s", strerror(-rc));
 		return;
 	}
 	uint64_t now = proto_now_ms();
 	if (c->kept_previous) {
-		c->prev_mut = (struct store_mut){
-			.kind = STORE_SECRET_PUT,
-			.secret = {.org_id = org_id, .name = WH_PREVIOUS, .version = c->prev_version,
-				   .sealed = c->prev_sealed.data, .len = c->prev_sealed.len,
-				   .by = r->who.token_id, .now = now},
-			.done = prev_done};
+		c->prev_mut = (struct store_mut){.kind = STORE_SECRET_PUT,
+		                                 .secret = {.org_id = org_id,
+		                                            .name = WH_PREVIOUS,
+		                                            .version = c->prev_version,
+		                                            .sealed = c->prev_sealed.data,
+		                                            .len = c->prev_sealed.len,
+		                                            .by = r->who.token_id,
+		                                            .now = now},
+		                                 .done = prev_done};
 		store_submit(s->store, &c->prev_mut);
 	}
 	r->mut = (struct store_mut){.kind = STORE_SECRET_PUT,
-				    .secret = {.org_id = org_id, .name = WH_SECRET,
-					       .version = c->version, .sealed = c->sealed.data,
-					       .len = c->sealed.len, .by = r->who.token_id,
-					       .now = now},
-				    .done = wsecret_done,
-				    .userdata = r};
+	                            .secret = {.org_id = org_id,
+	                                       .name = WH_SECRET,
+	                                       .version = c->version,
+	                                       .sealed = c->sealed.data,
+	                                       .len = c->sealed.len,
+	                                       .by = r->who.token_id,
+	                                       .now = now},
+	                            .done = wsecret_done,
+	                            .userdata = r};
 	req_submit(r, &r->mut, 200);
 }
 
@@ -612,7 +661,8 @@ static void wprev_deleted(struct store_mut *m, void *ud)
 {
 	struct req *r = ud;
 	if (m->result == -ENOENT)
-		req_reply_error(r, MHD_HTTP_NOT_FOUND, "not_found", "there is no previous webhook secret");
+		req_reply_error(r, MHD_HTTP_NOT_FOUND, "not_found",
+		                "there is no previous webhook secret");
 	else
 		req_reply_json(r, MHD_HTTP_OK, json_pack("{s:b}", "deleted", 1));
 }
@@ -625,9 +675,9 @@ void h_webhook_secret_drop_previous(struct req *r)
 	req_audit_org(r, org_id);
 	req_audit_target(r, "github webhook secret (previous)");
 	r->mut = (struct store_mut){.kind = STORE_SECRET_DELETE,
-				    .secret = {.org_id = org_id, .name = WH_PREVIOUS},
-				    .done = wprev_deleted,
-				    .userdata = r};
+	                            .secret = {.org_id = org_id, .name = WH_PREVIOUS},
+	                            .done = wprev_deleted,
+	                            .userdata = r};
 	req_submit(r, &r->mut, 200);
 }
 
@@ -642,19 +692,20 @@ void h_webhook_deliveries(struct req *r)
 	int rc = store_webhook_deliveries(r->srv->store, org_id, (size_t)limit, &v, &n);
 	if (rc < 0) {
 		req_reply_error(r, MHD_HTTP_INTERNAL_SERVER_ERROR, "internal",
-				"cannot list deliveries: %s", strerror(-rc));
+		                "cannot list deliveries: %s", strerror(-rc));
 		return;
 	}
 	json_t *arr = json_array();
 	for (size_t i = 0; i < n; i++) {
 		json_t *o = json_pack("{s:s,s:s,s:s,s:s}", "delivery", v[i].delivery, "event",
-				      v[i].event, "action", v[i].action, "outcome", v[i].outcome);
+		                      v[i].event, "action", v[i].action, "outcome", v[i].outcome);
 		proto_set_time(o, "received_at", v[i].received_at);
 		json_object_set_new(o, "github_job_id",
-				    v[i].gh_job_id ? json_integer(v[i].gh_job_id) : json_null());
+		                    v[i].gh_job_id ? json_integer(v[i].gh_job_id) : json_null());
 		json_object_set_new(o, "run_attempt",
-				    v[i].gh_job_id ? json_integer(v[i].run_attempt) : json_null());
-		json_object_set_new(o, "job", v[i].job_id ? json_integer(v[i].job_id) : json_null());
+		                    v[i].gh_job_id ? json_integer(v[i].run_attempt) : json_null());
+		json_object_set_new(o, "job",
+		                    v[i].job_id ? json_integer(v[i].job_id) : json_null());
 		json_array_append_new(arr, o);
 	}
 	store_deliveries_free(v, n);
