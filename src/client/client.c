@@ -51,17 +51,16 @@ static char *trim(char *s)
 	return s;
 }
 
-static int read_config_file(const char *path, char **server, char **token, struct kiln_err *err)
+int client_config_parse(const char *path, const char *text, size_t len, char **server,
+			char **token, struct kiln_err *err)
 {
 	struct buf b = BUF_INIT;
-	int r = read_file(path, 1 << 20, &b);
-	if (r == -ENOENT)
-		return 0;
-	if (r < 0)
-		return kiln_err_set(err, r, "cannot read the config file '%s': %s", path,
-				    strerror(-r));
-	int line = 0;
+	int r = 0;
+	if (memchr(text, '\0', len))
+		return kiln_err_set(err, -EINVAL, "%s: has a NUL byte (not a text file?)", path);
+	buf_append(&b, text, len);
 	buf_puts(&b, ""); /* allocated, NUL-terminated even when empty */
+	int line = 0;
 	for (char *p = b.data; p && *p;) {
 		char *nl = strchr(p, '\n');
 		if (nl)
@@ -96,6 +95,20 @@ static int read_config_file(const char *path, char **server, char **token, struc
 	}
 	buf_release(&b);
 	return r < 0 ? r : 0;
+}
+
+static int read_config_file(const char *path, char **server, char **token, struct kiln_err *err)
+{
+	struct buf b = BUF_INIT;
+	int r = read_file(path, 1 << 20, &b);
+	if (r == -ENOENT)
+		return 0;
+	if (r < 0)
+		return kiln_err_set(err, r, "cannot read the config file '%s': %s", path,
+				    strerror(-r));
+	r = client_config_parse(path, b.data ? b.data : "", b.len, server, token, err);
+	buf_release(&b);
+	return r;
 }
 
 int client_config_load(const char *flag_server, const char *flag_token,

@@ -39,6 +39,13 @@ struct client_config {
 int client_config_load(const char *flag_server, const char *flag_token,
 		       struct client_config *ret, struct kiln_err *err);
 void client_config_release(struct client_config *c);
+/*
+ * Parses config file text (`path` names it in messages); sets *server and
+ * *token (caller frees) only where they are still NULL. -EINVAL with
+ * "path:line: ..." for a malformed line.
+ */
+int client_config_parse(const char *path, const char *text, size_t len, char **server,
+			char **token, struct kiln_err *err);
 /* The config file path that client_config_load reads (caller frees). */
 char *client_config_path(void);
 
