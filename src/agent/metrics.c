@@ -151,7 +151,7 @@ static enum MHD_Result answer(void *cls, struct MHD_Connection *conn, const char
 	return r;
 }
 
-static void mhd_log(void *cls, const char *fmt, va_list ap)
+__attribute__((format(printf, 2, 0))) static void mhd_log(void *cls, const char *fmt, va_list ap)
 {
 	(void)cls;
 	if (log_max_level < LOG_DEBUG)

@@ -41,7 +41,7 @@ const struct cli_command *cli_find_command(const char *name)
 	return NULL;
 }
 
-static int vreport(const char *cmd, const char *fmt, va_list ap)
+__attribute__((format(printf, 2, 0))) static int vreport(const char *cmd, const char *fmt, va_list ap)
 {
 	struct buf b = BUF_INIT;
 	buf_puts(&b, cmd ? "kiln " : "kiln");

@@ -732,7 +732,7 @@ void http_check_deadlines(struct server *s, uint64_t now_ns)
 	}
 }
 
-static void mhd_log(void *cls, const char *fmt, va_list ap)
+__attribute__((format(printf, 2, 0))) static void mhd_log(void *cls, const char *fmt, va_list ap)
 {
 	(void)cls;
 	if (log_max_level < LOG_DEBUG)
