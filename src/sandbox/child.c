@@ -109,6 +109,13 @@ static void s_utoa(char *out, unsigned long long v)
 	out[n] = '\0';
 }
 
+/* KILN_SANDBOX_TRACE: the time a step ended, into the parent's shared page. */
+static void mark(struct child *c, enum sb_step step)
+{
+	if (c->p->trace)
+		c->p->trace[step] = sb_trace_now();
+}
+
 /* ---- failure ------------------------------------------------------------ */
 
 KILN_NORETURN static void fail(struct child *c, enum sb_step step, int err, const char *detail,
@@ -800,6 +807,7 @@ static void drop_privileges(struct child *c)
 	d[1].effective = d[1].permitted = (uint32_t)(p->keep_caps >> 32);
 	if (syscall(SYS_capset, &h, d) < 0)
 		fail(c, SB_STEP_CAPS, errno, "capset", NULL);
+	mark(c, SB_STEP_CAPS);
 	if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
 		fail(c, SB_STEP_NNP, errno, NULL, NULL);
 	if (syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &c->prog) < 0)
@@ -814,24 +822,38 @@ void sb_child_main(const struct sb_plan *plan)
 	c.p = plan;
 	c.sock = plan->sock;
 	c.stagefd = c.rootfd = c.init_fd = c.mask_tree = c.maskfd = -1;
+	mark(&c, SB_MARK_STARTED);
 	close_inherited(&c);
 	wait_go(&c);
+	mark(&c, SB_MARK_GO);
 	make_private(&c);
+	mark(&c, SB_STEP_PRIVATE);
 	become_root(&c);
+	mark(&c, SB_STEP_IDS);
 	umask(0);
 	make_stage(&c);
+	mark(&c, SB_STEP_STAGE);
 	make_root(&c);
+	mark(&c, SB_STEP_OVERLAY);
 	make_proc(&c);
+	mark(&c, SB_STEP_MASK);
 	make_dev(&c);
+	mark(&c, SB_STEP_DEV);
 	make_tmp(&c);
 	make_binds(&c);
+	mark(&c, SB_STEP_BIND);
 	net_and_name(&c);
+	mark(&c, SB_STEP_HOSTNAME);
 	pivot(&c);
+	mark(&c, SB_STEP_PIVOT);
 	umask(022);
 	wait_finish(&c);
+	mark(&c, SB_MARK_FINISH);
 	join_cgroups(&c);
+	mark(&c, SB_STEP_CGROUPNS);
 	final_fds(&c);
 	drop_privileges(&c);
+	mark(&c, SB_STEP_SECCOMP);
 	char arg0[] = "kiln-init", arg1[] = "--control";
 	char *const argv[] = {arg0, arg1, NULL};
 	char *const envp[] = {NULL};
@@ -863,6 +885,10 @@ const char *sb_step_name(enum sb_step s)
 	case SB_STEP_NNP: return "no_new_privs";
 	case SB_STEP_SECCOMP: return "install seccomp filter";
 	case SB_STEP_EXEC: return "exec kiln-init";
+	case SB_MARK_STARTED: return "started";
+	case SB_MARK_GO: return "GO received";
+	case SB_MARK_FINISH: return "FINISH received";
+	case SB_STEP_COUNT: break;
 	}
 	return "set-up";
 }

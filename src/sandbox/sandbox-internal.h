@@ -223,6 +223,7 @@ struct sb_plan {
 	char hostname[65];
 	uint64_t keep_caps; /* bit mask */
 	int cap_last;
+	uint64_t *trace; /* KILN_SANDBOX_TRACE: shared page for the step marks, else NULL */
 };
 
 /* What the parent sends when the maps are written ("GO"). In root mode the
@@ -275,6 +276,11 @@ enum sb_step {
 	SB_STEP_NNP,
 	SB_STEP_SECCOMP,
 	SB_STEP_EXEC,
+	/* Marks only (tracing), never failures: */
+	SB_MARK_STARTED,
+	SB_MARK_GO,
+	SB_MARK_FINISH,
+	SB_STEP_COUNT,
 };
 
 const char *sb_step_name(enum sb_step s);
@@ -291,6 +297,33 @@ struct sb_child_err {
 
 /* Runs in the clone3 child. Never returns. */
 KILN_NORETURN void sb_child_main(const struct sb_plan *plan);
+
+/* ---- tracing (trace.c) ------------------------------------------------- */
+
+#define SB_TRACE_MAX 48
+#define SB_TRACE_CHILD_MAX 64 /* > SB_STEP_COUNT */
+
+/* Marks of one operation (KILN_SANDBOX_TRACE); on the caller's stack. */
+struct sb_trace {
+	bool on;
+	const char *op;
+	uint64_t start;
+	size_t n;
+	struct {
+		const char *name; /* a string literal */
+		uint64_t ns;
+	} mark[SB_TRACE_MAX];
+	uint64_t *child; /* shared page: child[step] = time the step ended */
+};
+
+bool sb_trace_enabled(void);
+uint64_t sb_trace_now(void);
+void sb_trace_begin(struct sb_trace *t, const char *op);
+void sb_trace_mark(struct sb_trace *t, const char *name);
+/* Maps the page the clone child writes its marks to (NULL when off). */
+uint64_t *sb_trace_child_page(struct sb_trace *t);
+/* Prints the marks to stderr and unmaps the child page. */
+void sb_trace_end(struct sb_trace *t, const char *id);
 
 /* ---- misc ----------------------------------------------------------------- */
 

@@ -68,6 +68,7 @@ struct sandbox {
 	char *upper_dir;
 	char *warning;
 	pthread_mutex_t lock; /* guards reaped */
+	struct sb_trace *tr;  /* during sandbox_create only */
 };
 
 struct sandbox_process {
@@ -873,11 +874,15 @@ static int send_finish(struct sandbox *sb, const struct sandbox_config *cfg, str
 	int r = create_cgroup(sb, cfg, false, err);
 	if (r < 0)
 		return r;
+	sb_trace_mark(sb->tr, "v1 cgroups created");
 	const struct sock_fprog *prog = NULL;
 	int init_fd = -1;
-	if ((r = sandbox_seccomp_program(&prog, err)) < 0 ||
-	    (r = sandbox_init_memfd(cfg->init_path, &init_fd, err)) < 0)
+	if ((r = sandbox_seccomp_program(&prog, err)) < 0)
 		return r;
+	sb_trace_mark(sb->tr, "seccomp program");
+	if ((r = sandbox_init_memfd(cfg->init_path, &init_fd, err)) < 0)
+		return r;
+	sb_trace_mark(sb->tr, "kiln-init fd");
 	if (prog->len > SB_MAX_BPF)
 		return kiln_err_set(err, -E2BIG, "seccomp program too long");
 	int fds[1 + CG_MAX_V1];
@@ -904,6 +909,7 @@ static int send_finish(struct sandbox *sb, const struct sandbox_config *cfg, str
 	memcpy(CMSG_DATA(cm), fds, sizeof(int) * (size_t)(n + 1));
 	ssize_t sent = sendmsg(sb->ctl, &mh, MSG_NOSIGNAL);
 	r = sent == (ssize_t)len ? 0 : sent < 0 ? -errno : -EIO;
+	sb_trace_mark(sb->tr, "FINISH sent");
 	for (int i = 1; i <= n; i++)
 		close(fds[i]);
 	free(fin);
@@ -918,6 +924,7 @@ static int spawn(struct sandbox *sb, struct sb_plan *plan, const struct sandbox_
 		return kiln_err_set(err, -errno, "socketpair: %s", strerror(errno));
 	plan->sock = sp[1];
 	int r = do_clone(sb, plan, netns_fd, err);
+	sb_trace_mark(sb->tr, "clone3");
 	close(sp[1]);
 	if (r < 0) {
 		close(sp[0]);
@@ -929,6 +936,7 @@ static int spawn(struct sandbox *sb, struct sb_plan *plan, const struct sandbox_
 	 * or the calling user (rootless, single-id map). */
 	if ((r = write_maps(sb, cfg)) < 0)
 		return kiln_err_set(err, r, "writing the id maps of the sandbox: %s", strerror(-r));
+	sb_trace_mark(sb->tr, "id maps written");
 
 	int trees[SB_MAX_LOWERS + SB_MAX_MOUNTS + 1] = {0};
 	int n = 0;
@@ -939,7 +947,9 @@ static int spawn(struct sandbox *sb, struct sb_plan *plan, const struct sandbox_
 			return n;
 	}
 	sb->idmap = idmap;
+	sb_trace_mark(sb->tr, "trees made");
 	r = send_go(sb->ctl, idmap, trees, (size_t)n);
+	sb_trace_mark(sb->tr, "GO sent");
 	for (int i = 0; i < n; i++)
 		close(trees[i]);
 	if (r >= 0)
@@ -956,7 +966,9 @@ static int spawn(struct sandbox *sb, struct sb_plan *plan, const struct sandbox_
 		}
 		return r;
 	}
-	return wait_ready(sb, err);
+	r = wait_ready(sb, err);
+	sb_trace_mark(sb->tr, "READY received");
+	return r;
 }
 
 int sandbox_create(const struct sandbox_config *cfg, struct sandbox **ret, struct kiln_err *err)
@@ -964,8 +976,11 @@ int sandbox_create(const struct sandbox_config *cfg, struct sandbox **ret, struc
 	static const struct sandbox_config defaults = {0};
 	if (!cfg)
 		cfg = &defaults;
+	struct sb_trace tr;
+	sb_trace_begin(&tr, "create");
 	load_globals();
 	struct sandbox *sb = xcalloc(1, sizeof(*sb));
+	sb->tr = &tr;
 	sb->ctl = sb->init_pidfd = -1;
 	sb->cg.v2_fd = -1;
 	sb->st.fd = -1;
@@ -978,13 +993,16 @@ int sandbox_create(const struct sandbox_config *cfg, struct sandbox **ret, struc
 	int netns_fd = -1;
 	bool want_netns = !sb->rootless && cfg->net != SANDBOX_NET_HOST;
 	struct netns_prep *netns = want_netns ? netns_start() : NULL; /* runs meanwhile */
+	sb_trace_mark(&tr, "netns started");
 
 	struct sb_plan *plan = xcalloc(1, sizeof(*plan));
+	plan->trace = sb_trace_child_page(&tr);
 	_cleanup_free_ char *state_default = cfg->state_dir ? NULL : sandbox_state_dir_default();
 	const char *state_dir = cfg->state_dir ? cfg->state_dir : state_default;
 	int r = build_plan(cfg, plan, err);
 	if (r < 0)
 		goto fail;
+	sb_trace_mark(&tr, "plan");
 	plan->rootless = sb->rootless;
 	plan->new_net = cfg->net != SANDBOX_NET_HOST && !want_netns;
 	if (strlen(state_dir) > 512 || strchr(state_dir, ':') || strchr(state_dir, ',') ||
@@ -1000,16 +1018,19 @@ int sandbox_create(const struct sandbox_config *cfg, struct sandbox **ret, struc
 		goto fail;
 	}
 	cleanup_once(state_dir, cfg->cgroup_root);
+	sb_trace_mark(&tr, "state dir, leftovers");
 
 	r = setup_cgroup(sb, cfg, err);
 	if (r < 0)
 		goto fail;
+	sb_trace_mark(&tr, "cgroup layout and plan");
 	uid_t owner = sb->rootless ? geteuid() : (cfg->id_base ? cfg->id_base : subuid_base);
 	gid_t gowner = sb->rootless ? getegid() : (cfg->id_base ? cfg->id_base : subgid_base);
 	r = state_entry_create(state_dir, sb->id, sb->has_cg ? &sb->cg : NULL, cfg->keep, owner,
 			       gowner, &sb->st, err);
 	if (r < 0)
 		goto fail;
+	sb_trace_mark(&tr, "state entry");
 	snprintf(plan->stage, sizeof(plan->stage), "%s", sb->st.stage);
 	if (plan->host_root) {
 		char *mask = NULL;
@@ -1020,11 +1041,14 @@ int sandbox_create(const struct sandbox_config *cfg, struct sandbox **ret, struc
 	}
 	if (cfg->keep)
 		sb->upper_dir = xasprintf("%s/up", plan->stage);
+	sb_trace_mark(&tr, "etc mask");
 	r = create_cgroup(sb, cfg, true, err);
 	if (r < 0)
 		goto fail_state;
+	sb_trace_mark(&tr, "v2 cgroup created");
 	if (netns && (r = netns_fd = netns_finish(netns, err)) < 0)
 		goto fail_cg;
+	sb_trace_mark(&tr, "netns ready");
 
 	r = spawn(sb, plan, cfg, netns_fd, err);
 	if (netns_fd >= 0)
@@ -1040,6 +1064,8 @@ int sandbox_create(const struct sandbox_config *cfg, struct sandbox **ret, struc
 	}
 	if (netns)
 		netns_unref(netns);
+	sb->tr = NULL;
+	sb_trace_end(&tr, sb->id);
 	*ret = sb;
 	return 0;
 
@@ -1054,6 +1080,8 @@ fail:
 	if (netns)
 		netns_unref(netns);
 	free(plan);
+	sb_trace_mark(&tr, "failed");
+	sb_trace_end(&tr, sb->id);
 	sandbox_free_parts(sb);
 	return r;
 }
@@ -1099,22 +1127,30 @@ int sandbox_destroy(struct sandbox *sb, struct sandbox_stats *ret_stats)
 {
 	if (!sb)
 		return 0;
+	struct sb_trace tr;
+	sb_trace_begin(&tr, "destroy");
 	/* EOF on the control socket makes kiln-init kill everything; the
 	 * cgroup kill and SIGKILL to PID 1 make sure of it. */
 	close(sb->ctl);
 	sb->ctl = -1;
 	int ret = sandbox_kill(sb);
+	sb_trace_mark(&tr, "kill");
 	reap_init(sb);
+	sb_trace_mark(&tr, "kiln-init reaped");
 	if (ret_stats)
 		(void)sandbox_stats(sb, ret_stats);
+	sb_trace_mark(&tr, "stats");
 	if (sb->has_cg) {
 		int r = cg_sandbox_remove(&sb->cg);
 		if (r < 0 && ret >= 0)
 			ret = r;
 	}
+	sb_trace_mark(&tr, "cgroups removed");
 	int r = state_entry_remove(&sb->st, sb->keep);
 	if (r < 0 && ret >= 0)
 		ret = r;
+	sb_trace_mark(&tr, "state entry removed");
+	sb_trace_end(&tr, sb->id);
 	sandbox_free_parts(sb);
 	return ret;
 }
@@ -1221,7 +1257,10 @@ int sandbox_exec(struct sandbox *sb, const struct sandbox_exec *ex, struct sandb
 		req.flags |= KILN_INIT_HAS_STDERR, fds[nfds++] = ex->stderr_fd;
 	memcpy(b.data, &req, sizeof(req));
 
+	struct sb_trace tr;
+	sb_trace_begin(&tr, "exec");
 	uint64_t oom_before = sb->has_cg ? cg_sandbox_oom_kills(&sb->cg) : 0;
+	sb_trace_mark(&tr, "oom count read");
 	char cbuf[CMSG_SPACE(sizeof(fds))];
 	memset(cbuf, 0, sizeof(cbuf));
 	struct iovec iov = {.iov_base = b.data, .iov_len = b.len};
@@ -1253,7 +1292,10 @@ int sandbox_exec(struct sandbox *sb, const struct sandbox_exec *ex, struct sandb
 	} rep;
 	memset(&rep, 0, sizeof(rep));
 	int pidfd = -1;
+	sb_trace_mark(&tr, "request sent");
 	int n = recv_with_fd(sp[0], &rep, sizeof(rep), &pidfd, START_TIMEOUT_MS);
+	sb_trace_mark(&tr, "reply received");
+	sb_trace_end(&tr, sb->id);
 	if (n == (int)sizeof(rep.started) && rep.type == KILN_INIT_STARTED && pidfd >= 0) {
 		struct sandbox_process *p = xcalloc(1, sizeof(*p));
 		p->sb = sb;

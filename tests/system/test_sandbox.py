@@ -163,6 +163,28 @@ class SandboxTest(kilntest.TempDirTestCase):
         self.assertFalse(res["rootless"])
         self.assertNotEqual(res["cgroup"], "none")
 
+    def test_trace_marks_every_phase(self):
+        # KILN_SANDBOX_TRACE: the phases of create (both sides), exec and
+        # destroy on stderr, times increasing; without it, nothing.
+        r, res, out = self.sbx(["true"], env={"KILN_SANDBOX_TRACE": "1"})
+        self.assertEqual(r.returncode, 0, r.stderr)
+        marks = {}
+        for line in r.stderr.splitlines():
+            self.assertTrue(line.startswith(f"sandbox-trace id={res['id']} op="), line)
+            f = line.split()
+            op, t, who, name = f[2][3:], float(f[3]), f[5], " ".join(f[6:])
+            self.assertGreaterEqual(t, marks.get(op, [(0.0, "", "")])[-1][0], line)
+            marks.setdefault(op, []).append((t, who, name))
+        create = [(w, n) for _, w, n in marks["create"]]
+        for want in [("parent", "clone3"), ("child", "started"), ("child", "pivot_root"),
+                     ("child", "install seccomp filter"), ("parent", "READY received")]:
+            self.assertIn(want, create)
+        self.assertEqual(create[-1], ("parent", "READY received"))
+        self.assertEqual(marks["exec"][-1][2], "reply received")
+        self.assertEqual(marks["destroy"][-1][2], "state entry removed")
+        r, _, _ = self.sbx(["true"])
+        self.assertEqual(r.stderr, "")
+
     def test_killed_by_signal(self):
         r, res, _ = self.sbx(["sh", "-c", "kill -9 $$"])
         self.assertEqual(r.returncode, 137)
