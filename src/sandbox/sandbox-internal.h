@@ -125,8 +125,12 @@ struct seccomp_rule_desc {
 extern const struct seccomp_rule_desc sandbox_seccomp_denied[];
 extern const size_t sandbox_seccomp_denied_count;
 
-/* The compiled filter (built once per process, thread-safe, never freed). */
+/* The compiled filter: the build's precompiled program, or (cross builds)
+ * compiled once per process; thread-safe, never freed. */
 int sandbox_seccomp_program(const struct sock_fprog **ret, struct kiln_err *err);
+/* Compiles the filter with libseccomp (seccomp-rules.c) into *ret, raw
+ * struct sock_filter instructions; the caller releases it. */
+int sandbox_seccomp_compile(struct buf *ret, struct kiln_err *err);
 
 /* ---- capabilities --------------------------------------------------------- */
 

@@ -368,6 +368,23 @@ TEST(seccomp_filter_blocks_and_allows)
 	CHECK_EQ(WEXITSTATUS(st), 0);
 }
 
+TEST(seccomp_prebuilt_is_what_the_rules_compile_to)
+{
+	/* The program built into kiln (seccomp-gen at build time) must be the
+	 * one the rules give now: a stale or foreign one would fail here. */
+	const struct sock_fprog *prog = NULL;
+	struct kiln_err err = {0};
+	struct buf b = BUF_INIT;
+	CHECK_EQ(sandbox_seccomp_program(&prog, &err), 0);
+	CHECK_EQ(sandbox_seccomp_compile(&b, &err), 0);
+	if (!prog || !b.data)
+		return;
+	CHECK_EQ(b.len, prog->len * sizeof(struct sock_filter));
+	CHECK(b.len == prog->len * sizeof(struct sock_filter) &&
+	      memcmp(b.data, prog->filter, b.len) == 0);
+	buf_release(&b);
+}
+
 TEST(kept_caps_are_few)
 {
 	/* Never CAP_SYS_ADMIN (21), SYS_PTRACE (19), SYS_MODULE (16), NET_ADMIN (12). */
