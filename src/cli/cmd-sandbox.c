@@ -431,7 +431,9 @@ static int run_main(int argc, char **argv)
 	/* sandbox_destroy() frees what info points to. */
 	warning = r.info.warning ? xstrdup(r.info.warning) : NULL;
 	upper = r.info.upper_dir ? xstrdup(r.info.upper_dir) : NULL;
-	int dr = sandbox_destroy(sb, &r.stats);
+	/* The final accounting is only shown with -o json (reading it costs
+	 * a dozen cgroup files). */
+	int dr = sandbox_destroy(sb, o.json ? &r.stats : NULL);
 	r.info.warning = warning;
 	r.info.upper_dir = upper;
 	if (dr < 0)
