@@ -585,6 +585,21 @@ static void make_root(struct child *c)
 	}
 }
 
+/* Attaches a mask over /proc/<name>; false (tree closed) when this kernel
+ * has no such entry. Never follows a symlink: a mask must cover the entry
+ * itself. */
+static bool mask_attach(struct child *c, int tree, int proc, const char *name)
+{
+	if (move_mount(tree, "", proc, name, MOVE_MOUNT_F_EMPTY_PATH) < 0) {
+		if (errno != ENOENT)
+			fail(c, SB_STEP_MASK, errno, "attach ", name);
+		close(tree);
+		return false;
+	}
+	close(tree);
+	return true;
+}
+
 static void make_proc(struct child *c)
 {
 	int target = ensure_in_root(c, "/proc", true, SB_STEP_PROC);
@@ -600,38 +615,47 @@ static void make_proc(struct child *c)
 	if (sf.f_type != PROC_SUPER_MAGIC)
 		fail(c, SB_STEP_PROC, EINVAL, "/proc is not procfs after mounting it", NULL);
 
+	/* Masks are attached straight away: a target this kernel lacks fails
+	 * with ENOENT and is skipped, sparing a probe per entry. */
 	int devnull = open("/dev/null", O_PATH | O_CLOEXEC);
 	if (devnull < 0)
 		fail(c, SB_STEP_MASK, errno, "open /dev/null", NULL);
 	for (size_t i = 0; i < ARRAY_SIZE(proc_masked); i++) {
-		int t = openat(proc, proc_masked[i], O_PATH | O_NOFOLLOW | O_CLOEXEC);
-		if (t < 0)
-			continue; /* not on this kernel */
-		close(t);
 		int b = clone_path(c, devnull, "", SB_STEP_MASK);
-		attach(c, b, proc, proc_masked[i], SB_STEP_MASK, proc_masked[i]);
+		mask_attach(c, b, proc, proc_masked[i]);
 	}
+	/* One empty read-only tmpfs for the masked directories: the first is
+	 * a new mount, the others bind it (one superblock, not four). */
+	int empty = -1;
 	for (size_t i = 0; i < ARRAY_SIZE(proc_masked_dirs); i++) {
-		int t = openat(proc, proc_masked_dirs[i], O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-		if (t < 0)
+		int m2;
+		if (empty < 0) {
+			static const char *const o[] = {"size=0", "mode=0555"};
+			m2 = fs_new(c, "tmpfs", o, ARRAY_SIZE(o),
+				    MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV |
+					    MOUNT_ATTR_NOEXEC,
+				    SB_STEP_MASK, proc_masked_dirs[i]);
+		} else {
+			m2 = clone_path(c, empty, "", SB_STEP_MASK);
+		}
+		if (!mask_attach(c, m2, proc, proc_masked_dirs[i]) || empty >= 0)
 			continue;
-		close(t);
-		static const char *const o[] = {"size=0", "mode=0555"};
-		int m2 = fs_new(c, "tmpfs", o, ARRAY_SIZE(o),
-				MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV |
-					MOUNT_ATTR_NOEXEC,
-				SB_STEP_MASK, proc_masked_dirs[i]);
-		attach(c, m2, proc, proc_masked_dirs[i], SB_STEP_MASK, proc_masked_dirs[i]);
+		empty = openat(proc, proc_masked_dirs[i], O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+		if (empty < 0)
+			fail(c, SB_STEP_MASK, errno, "open /proc/", proc_masked_dirs[i]);
 	}
+	if (empty >= 0)
+		close(empty);
 	for (size_t i = 0; i < ARRAY_SIZE(proc_readonly); i++) {
-		int t = openat(proc, proc_readonly[i], O_PATH | O_NOFOLLOW | O_CLOEXEC);
-		if (t < 0)
-			continue;
-		close(t);
-		int b = clone_path(c, proc, proc_readonly[i], SB_STEP_MASK);
+		int b = open_tree(proc, proc_readonly[i], OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC);
+		if (b < 0) {
+			if (errno == ENOENT)
+				continue; /* not on this kernel */
+			fail(c, SB_STEP_MASK, errno, "bind ", proc_readonly[i]);
+		}
 		set_attrs(c, b, MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC,
 			  SB_STEP_MASK, proc_readonly[i]);
-		attach(c, b, proc, proc_readonly[i], SB_STEP_MASK, proc_readonly[i]);
+		mask_attach(c, b, proc, proc_readonly[i]);
 	}
 	close(devnull);
 	close(proc);
@@ -652,18 +676,16 @@ static void make_dev(struct child *c)
 	for (size_t i = 0; i < ARRAY_SIZE(dev_nodes); i++) {
 		char host[32] = "/dev/";
 		s_cat(host, sizeof(host), dev_nodes[i]);
-		int src = open(host, O_PATH | O_CLOEXEC);
-		if (src < 0) {
-			if (i == 0)
-				fail(c, SB_STEP_DEV, errno, "open ", host);
+		int b = open_tree(AT_FDCWD, host, OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC);
+		if (b < 0) {
+			if (i == 0 || errno != ENOENT)
+				fail(c, SB_STEP_DEV, errno, "bind ", host);
 			continue; /* e.g. no /dev/tty on this host */
 		}
 		int f = openat(dev, dev_nodes[i], O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, 0666);
 		if (f < 0)
 			fail(c, SB_STEP_DEV, errno, "create ", host);
 		close(f);
-		int b = clone_path(c, src, "", SB_STEP_DEV);
-		close(src);
 		attach(c, b, dev, dev_nodes[i], SB_STEP_DEV, host);
 	}
 
