@@ -31,6 +31,7 @@
 #include <fcntl.h>
 #include <grp.h>
 #include <poll.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -207,12 +208,30 @@ struct child_fail {
 	uint32_t step;
 };
 
-/* In the forked child: set up and exec; on failure report on `report`. */
-static void start_child(const struct kiln_init_exec *req, char **argv, char **envp,
-			const char *cwd, const int *stdio, int report, const sigset_t *mask)
+/* What a starting process gets, and where it reports failure. */
+struct spawn {
+	const struct kiln_init_exec *req;
+	char **argv, **envp;
+	const char *cwd;
+	const int *stdio;
+	const sigset_t *mask;
+	struct child_fail fail; /* written by the child before it exits */
+};
+
+/*
+ * In the new process (CLONE_VM | CLONE_VFORK, as posix_spawn does: no copy
+ * of our page tables, no copy-on-write faults afterwards, and we sleep
+ * until it has exec'd or exited, so sharing our memory is safe): set up
+ * and exec; on failure record why in sp->fail and exit.
+ */
+static int start_child(void *arg)
 {
+	struct spawn *sp = arg;
+	const struct kiln_init_exec *req = sp->req;
+	const int *stdio = sp->stdio;
+	const char *cwd = sp->cwd;
 	struct child_fail f = {0, 0};
-	sigprocmask(SIG_SETMASK, mask, NULL);
+	sigprocmask(SIG_SETMASK, sp->mask, NULL);
 	setsid();
 	for (int i = 0; i < 3; i++) {
 		int fd = stdio[i];
@@ -241,18 +260,20 @@ static void start_child(const struct kiln_init_exec *req, char **argv, char **en
 		f = (struct child_fail){EPERM, KILN_INIT_STEP_CWD};
 		goto out;
 	}
-	/* Only 0, 1, 2 survive exec (and the report pipe until then). */
+	/* Only 0, 1, 2 survive exec. */
 	if (syscall(SYS_close_range, 3, ~0U, 4 /* CLOSE_RANGE_CLOEXEC */) < 0) {
 		for (int fd = 3; fd < 65536; fd++)
-			if (fd != report)
-				close(fd);
+			close(fd);
 	}
-	exec_path(argv, envp);
+	exec_path(sp->argv, sp->envp);
 	f = (struct child_fail){errno, KILN_INIT_STEP_EXEC};
 out:
-	(void)!write(report, &f, sizeof(f));
+	sp->fail = f;
 	_exit(127);
 }
+
+/* The stack the starting process runs on until it execs (we sleep meanwhile). */
+static _Alignas(64) unsigned char spawn_stack[256 * 1024];
 
 static void handle_exec(ssize_t len, const int *fds, size_t nfds, const sigset_t *mask)
 {
@@ -304,35 +325,20 @@ static void handle_exec(ssize_t len, const int *fds, size_t nfds, const sigset_t
 		send_failed(sock, EAGAIN, KILN_INIT_STEP_LIMIT);
 		goto done;
 	}
-	int pipefd[2];
-	if (pipe2(pipefd, O_CLOEXEC) < 0) {
-		send_failed(sock, errno, KILN_INIT_STEP_FORK);
-		goto done;
-	}
+	struct spawn sp = {.req = &req, .argv = argv, .envp = envp, .cwd = strs[0],
+			   .stdio = stdio, .mask = mask};
 	uint64_t start = now_ns();
-	pid_t pid = fork();
+	pid_t pid = clone(start_child, spawn_stack + sizeof(spawn_stack),
+			  CLONE_VM | CLONE_VFORK | SIGCHLD, &sp);
 	if (pid < 0) {
 		send_failed(sock, errno, KILN_INIT_STEP_FORK);
-		close(pipefd[0]);
-		close(pipefd[1]);
 		goto done;
 	}
-	if (pid == 0) {
-		close(pipefd[0]);
-		start_child(&req, argv, envp, strs[0], stdio, pipefd[1], mask);
-	}
-	close(pipefd[1]);
-	struct child_fail f;
-	ssize_t n;
-	do
-		n = read(pipefd[0], &f, sizeof(f));
-	while (n < 0 && errno == EINTR);
-	close(pipefd[0]);
-	if (n == (ssize_t)sizeof(f)) {
+	if (sp.fail.step) {
 		/* It never ran: reap it now and report why. */
 		while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
 			;
-		send_failed(sock, f.err, f.step);
+		send_failed(sock, sp.fail.err, sp.fail.step);
 		goto done;
 	}
 	int pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
