@@ -12,8 +12,10 @@
  *    and webhook_deliveries(delivery) for as long as the rows are kept, so a
  *    redelivery creates nothing.
  *
- * Statements are prepared per call: these tables are written at human rates
- * (one audit row per mutating API call), not at the scheduler's.
+ * Most statements are prepared per call: these tables are written at human
+ * rates. The audit chain's two statements are the exception: every mutating
+ * API call (each job submitted, each job completed) appends a record, so they
+ * are prepared once on the writer connection and kept (struct sq_tenancy).
  */
 #include "store-sqlite.h"
 
@@ -181,10 +183,47 @@ static void col_hex(sqlite3_stmt *st, int i, char *out, size_t size)
 
 /* ---- the writer ----------------------------------------------------------- */
 
-struct sq_tenancy {
-	int64_t audit_seq;   /* last record written (read afresh for each append) */
-	char audit_hash[65]; /* its hash; 64 '0' before the first */
+enum { AST_HEAD, AST_INSERT, AST_MAX };
+
+static const char *const audit_sql[AST_MAX] = {
+	[AST_HEAD] = "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1",
+	[AST_INSERT] = "INSERT INTO audit (seq, at, org_id, token_id, actor, action, target, "
+		       "result, status, source, prev, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, "
+		       "?8, ?9, ?10, ?11, ?12)",
 };
+
+struct sq_tenancy {
+	int64_t audit_seq;   /* last record written (read afresh in each transaction) */
+	char audit_hash[65]; /* its hash; 64 '0' before the first */
+	bool head_valid;     /* audit_seq/hash read or written in this transaction */
+	/* The audit statements, prepared on the writer connection on first use,
+	 * reset after each use, finalized by sq_tenancy_close. */
+	sqlite3 *db;
+	sqlite3_stmt *st[AST_MAX];
+};
+
+/* The audit statement id on db, prepared once; NULL (logged) on failure. */
+static sqlite3_stmt *audit_stmt(struct sq_tenancy *t, sqlite3 *db, int id)
+{
+	if (t->db != db) {
+		/* Not the connection they were prepared on (not expected). */
+		for (int i = 0; i < AST_MAX; i++) {
+			sqlite3_finalize(t->st[i]);
+			t->st[i] = NULL;
+		}
+		t->db = db;
+	}
+	if (!t->st[id]) {
+		int rc = sqlite3_prepare_v3(db, audit_sql[id], -1, SQLITE_PREPARE_PERSISTENT,
+					    &t->st[id], NULL);
+		if (rc != SQLITE_OK) {
+			log_error("sqlite prepare failed sql=\"%s\" error=\"%s\"", audit_sql[id],
+				  sqlite3_errmsg(db));
+			t->st[id] = NULL;
+		}
+	}
+	return t->st[id];
+}
 
 /* Reads the last record's seq and hash into t. */
 static int audit_head(sqlite3 *db, struct sq_tenancy *t)
@@ -192,10 +231,10 @@ static int audit_head(sqlite3 *db, struct sq_tenancy *t)
 	t->audit_seq = 0;
 	memset(t->audit_hash, '0', 64);
 	t->audit_hash[64] = '\0';
-	sqlite3_stmt *st = NULL;
-	int r = prepare(db, "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1", &st);
-	if (r < 0)
-		return r;
+	sqlite3_stmt *st = audit_stmt(t, db, AST_HEAD);
+	if (!st)
+		return -EIO;
+	int r = 0;
 	int rc = sqlite3_step(st);
 	if (rc == SQLITE_ROW) {
 		t->audit_seq = sqlite3_column_int64(st, 0);
@@ -203,7 +242,7 @@ static int audit_head(sqlite3 *db, struct sq_tenancy *t)
 	} else if (rc != SQLITE_DONE) {
 		r = sq_errno(rc);
 	}
-	sqlite3_finalize(st);
+	sqlite3_reset(st);
 	return r;
 }
 
@@ -221,7 +260,16 @@ int sq_tenancy_open(sqlite3 *writer, struct sq_tenancy **ret, struct kiln_err *e
 	return 0;
 }
 
-void sq_tenancy_close(struct sq_tenancy *t) { free(t); }
+void sq_tenancy_begin(struct sq_tenancy *t) { t->head_valid = false; }
+
+void sq_tenancy_close(struct sq_tenancy *t)
+{
+	if (!t)
+		return;
+	for (int i = 0; i < AST_MAX; i++)
+		sqlite3_finalize(t->st[i]);
+	free(t);
+}
 
 static int org_create(sqlite3 *db, struct store_mut *m)
 {
@@ -540,11 +588,16 @@ int sq_tenancy_audit(struct sq_tenancy *t, sqlite3 *db, struct store_mut *m, int
 		status = 404;
 	else if (result < 0)
 		status = 409;
-	/* The head is read inside the write transaction, not cached: another
-	 * process (kiln admin token) may have appended since. */
-	int r = audit_head(db, t);
-	if (r < 0)
-		return r;
+	/* The head is read inside the write transaction, not cached across
+	 * transactions: another process (kiln admin token) may have appended
+	 * since. Within one, the write lock keeps everyone else out. */
+	int r;
+	if (!t->head_valid) {
+		r = audit_head(db, t);
+		if (r < 0)
+			return r;
+		t->head_valid = true;
+	}
 	struct audit_view a = {
 		.seq = t->audit_seq + 1,
 		.at = in->now,
@@ -560,14 +613,9 @@ int sq_tenancy_audit(struct sq_tenancy *t, sqlite3 *db, struct store_mut *m, int
 	};
 	char hash[65];
 	audit_hash(&a, hash);
-	sqlite3_stmt *st = NULL;
-	r = prepare(db,
-			"INSERT INTO audit (seq, at, org_id, token_id, actor, action, target, result, "
-			"status, source, prev, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, "
-			"?11, ?12)",
-			&st);
-	if (r < 0)
-		return r;
+	sqlite3_stmt *st = audit_stmt(t, db, AST_INSERT);
+	if (!st)
+		return -EIO;
 	sqlite3_bind_int64(st, 1, a.seq);
 	sqlite3_bind_int64(st, 2, (sqlite3_int64)a.at);
 	sqlite3_bind_int64(st, 3, a.org_id);
@@ -581,9 +629,12 @@ int sq_tenancy_audit(struct sq_tenancy *t, sqlite3 *db, struct store_mut *m, int
 	bind_str(st, 11, a.prev);
 	bind_str(st, 12, hash);
 	r = step_done(st);
-	sqlite3_finalize(st);
-	if (r < 0)
+	sqlite3_reset(st);
+	sqlite3_clear_bindings(st);
+	if (r < 0) {
+		t->head_valid = false;
 		return r == -EEXIST ? -EIO : r; /* a taken seq: the chain is broken */
+	}
 	t->audit_seq = a.seq;
 	memcpy(t->audit_hash, hash, sizeof(t->audit_hash));
 	in->ret_seq = a.seq;

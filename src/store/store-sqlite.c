@@ -410,7 +410,11 @@ static int create_schema(struct conn *c, const char *path, struct kiln_err *err)
 
 /* ---- writer side ---------------------------------------------------------- */
 
-static int sq_begin(struct store *s) { return exec_id(&to_sq(s)->writer, ST_BEGIN); }
+static int sq_begin(struct store *s)
+{
+	sq_tenancy_begin(to_sq(s)->tenancy);
+	return exec_id(&to_sq(s)->writer, ST_BEGIN);
+}
 
 static void finish_checkpoint(struct sqlite_store *q);
 
@@ -1364,8 +1368,8 @@ static void sq_close(struct store *s)
 	pthread_cond_destroy(&q->ckpt_cond);
 	for (int i = 0; i < N_READERS; i++)
 		conn_close(&q->readers[i]);
+	sq_tenancy_close(q->tenancy); /* its statements, before their connection */
 	conn_close(&q->writer);
-	sq_tenancy_close(q->tenancy);
 	pthread_mutex_destroy(&q->rlock);
 	pthread_cond_destroy(&q->rcond);
 	free(q->path);

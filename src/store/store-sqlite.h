@@ -30,6 +30,12 @@ int sq_tenancy_apply(struct sq_tenancy *t, sqlite3 *db, struct store_mut *m);
  * < 0 refused), chained to the previous record. Writer thread only.
  */
 int sq_tenancy_audit(struct sq_tenancy *t, sqlite3 *db, struct store_mut *m, int result);
+/*
+ * A write transaction began on the writer: the audit head is read afresh by
+ * its first append (another process may have appended since the last one)
+ * and then kept for the rest of the transaction, which holds the write lock.
+ */
+void sq_tenancy_begin(struct sq_tenancy *t);
 
 /* Reads (store.h). */
 int sq_orgs_list(struct store *s, struct proto_org **ret, size_t *ret_n);

@@ -343,6 +343,52 @@ TEST(audit_chain_is_append_only_and_detects_tampering)
 	rm_rf(dir);
 }
 
+static void count_done(struct store_mut *m, void *ud)
+{
+	(void)m;
+	(*(int *)ud)++;
+}
+
+/* Two stores on one file (a server and `kiln admin token`) append in turn,
+ * several records per transaction too: the chain stays whole. */
+TEST(audit_chain_with_two_writers)
+{
+	_cleanup_free_ char *dir = tmpdir();
+	_cleanup_free_ char *path = path_join(dir, "kiln.db");
+	struct store *s1 = open_store(path), *s2 = open_store(path);
+	CHECK(s1 && s2);
+	if (!s1 || !s2) {
+		store_close(s1);
+		store_close(s2);
+		return;
+	}
+	struct store_audit a[40];
+	struct store_mut m[40];
+	int done = 0;
+	for (int round = 0; round < 4; round++) {
+		struct store *s = round % 2 ? s2 : s1;
+		for (int i = round * 10; i < round * 10 + 10; i++) {
+			a[i] = (struct store_audit){.org_id = 1, .actor = "t", .action = "jobs.submit",
+						    .target = "job", .status = 201, .now = 100 + i};
+			m[i] = (struct store_mut){.kind = STORE_AUDIT, .audit = &a[i],
+						  .done = count_done, .userdata = &done};
+			if (i % 10 == 9)
+				CHECK_EQ(store_apply_wait(s, &m[i]), 0);
+			else
+				store_submit(s, &m[i]);
+		}
+	}
+	CHECK_EQ(done, 36);
+	for (int i = 0; i < 40; i++)
+		CHECK_EQ(a[i].ret_seq, i + 1);
+	int64_t count = 0, bad = 0;
+	CHECK_EQ(store_audit_verify(s1, &count, &bad), 0);
+	CHECK_EQ(count, 40);
+	store_close(s1);
+	store_close(s2);
+	rm_rf(dir);
+}
+
 TEST(webhook_replays_create_nothing)
 {
 	_cleanup_free_ char *dir = tmpdir();
