@@ -34,18 +34,37 @@ const char *token_kind_prefix(enum token_kind kind)
 	return kind_prefix[kind];
 }
 
-/* Writes `len` base62 digits of the big-endian number in bytes (destroyed). */
-static void base62_encode(uint8_t *bytes, size_t nbytes, char *out, size_t len)
+#define B62_POW5 916132832u /* 62^5: five digits per long division */
+
+/*
+ * Writes the `len` lowest base62 digits of the big-endian number in bytes
+ * (at most 32 of them). The number is held as 32-bit limbs and divided by
+ * 62^5 per pass, so a 256-bit token body takes 9 passes of 8 divisions (one
+ * division per byte per digit took ~1,400): tokens are derived on every
+ * lease and checked on every job call. The limbs are wiped afterwards (the
+ * bytes may be a secret).
+ */
+static void base62_encode(const uint8_t *bytes, size_t nbytes, char *out, size_t len)
 {
-	for (size_t i = len; i-- > 0;) {
-		unsigned rem = 0;
-		for (size_t j = 0; j < nbytes; j++) {
-			unsigned cur = rem * 256 + bytes[j];
-			bytes[j] = (uint8_t)(cur / 62);
-			rem = cur % 62;
-		}
-		out[i] = b62[rem];
+	uint32_t limb[8] = {0};
+	size_t nl = (nbytes + 3) / 4;
+	for (size_t j = 0; j < nbytes; j++) {
+		size_t pos = nl * 4 - nbytes + j;
+		limb[pos / 4] |= (uint32_t)bytes[j] << (8 * (3 - pos % 4));
 	}
+	for (size_t i = len; i > 0;) {
+		uint64_t rem = 0;
+		for (size_t k = 0; k < nl; k++) {
+			uint64_t cur = (rem << 32) | limb[k];
+			limb[k] = (uint32_t)(cur / B62_POW5);
+			rem = cur % B62_POW5;
+		}
+		for (int d = 0; d < 5 && i > 0; d++) {
+			out[--i] = b62[rem % 62];
+			rem /= 62;
+		}
+	}
+	sodium_memzero(limb, sizeof(limb));
 }
 
 static void crc_chars(const char *s, size_t len, char out[CRC_LEN])
@@ -104,6 +123,7 @@ void token_job(const uint8_t key[32], int64_t job_id, int64_t fence, char out[TO
 	crypto_auth_hmacsha256(mac, (const uint8_t *)msg, (size_t)n, key);
 	memcpy(out, kind_prefix[TOKEN_JOB], PREFIX_LEN);
 	base62_encode(mac, sizeof(mac), out + PREFIX_LEN, BODY_LEN);
+	sodium_memzero(mac, sizeof(mac));
 	crc_chars(out, PREFIX_LEN + BODY_LEN, out + PREFIX_LEN + BODY_LEN);
 	out[TOKEN_LEN] = '\0';
 }
