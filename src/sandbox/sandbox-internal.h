@@ -219,8 +219,8 @@ struct sb_plan {
 	struct sb_lower lowers[SB_MAX_LOWERS];
 	size_t n_links;
 	struct sb_link links[SB_MAX_LINKS];
-	size_t n_mounts;
-	struct sb_mount mounts[SB_MAX_MOUNTS];
+	size_t n_mounts, cap_mounts;
+	struct sb_mount *mounts; /* cap_mounts of them, owned by the plan */
 	char etc_mask[PATH_MAX]; /* host mode: the cached /etc whiteout layer */
 	bool rootless;
 	bool new_net; /* clone3 made the netns: the child brings loopback up */

@@ -350,7 +350,7 @@ static int plan_host_root(struct sb_plan *plan, struct kiln_err *err)
 static int plan_mount(struct sb_plan *plan, const char *src, const char *dst, bool ro,
 		      const char *what, struct kiln_err *err)
 {
-	if (plan->n_mounts >= SB_MAX_MOUNTS)
+	if (plan->n_mounts >= plan->cap_mounts)
 		return kiln_err_set(err, -E2BIG, "too many binds (at most %d)", SANDBOX_MAX_BINDS);
 	if (!dst || dst[0] != '/' || path_has_dotdot(dst) || streq(dst, "/"))
 		return kiln_err_set(err, -EINVAL,
@@ -373,6 +373,14 @@ static int plan_mount(struct sb_plan *plan, const char *src, const char *dst, bo
 	m->is_dir = S_ISDIR(st.st_mode);
 	plan->n_mounts++;
 	return 0;
+}
+
+static void plan_free(struct sb_plan *plan)
+{
+	if (!plan)
+		return;
+	free(plan->mounts);
+	free(plan);
 }
 
 static int build_plan(const struct sandbox_config *cfg, struct sb_plan *plan, struct kiln_err *err)
@@ -401,11 +409,15 @@ static int build_plan(const struct sandbox_config *cfg, struct sb_plan *plan, st
 		struct sb_lower *lw = &plan->lowers[plan->n_lowers++];
 		snprintf(lw->src, sizeof(lw->src), "%s", real);
 	}
+	if (cfg->n_binds > SANDBOX_MAX_BINDS)
+		return kiln_err_set(err, -E2BIG, "too many binds (at most %d)", SANDBOX_MAX_BINDS);
+	/* Sized to what is asked (at most 8 KiB each): a plan with room for
+	 * every possible bind would be half a megabyte to clear per start. */
+	plan->cap_mounts = cfg->n_binds + (cfg->workspace ? 1 : 0);
+	plan->mounts = xcalloc(MAX(plan->cap_mounts, (size_t)1), sizeof(*plan->mounts));
 	if (cfg->workspace && (r = plan_mount(plan, cfg->workspace, "/workspace", false,
 					      "workspace", err)) < 0)
 		return r;
-	if (cfg->n_binds > SANDBOX_MAX_BINDS)
-		return kiln_err_set(err, -E2BIG, "too many binds (at most %d)", SANDBOX_MAX_BINDS);
 	for (size_t i = 0; i < cfg->n_binds; i++)
 		if ((r = plan_mount(plan, cfg->binds[i].src, cfg->binds[i].dst,
 				    cfg->binds[i].readonly, "bind", err)) < 0)
@@ -996,6 +1008,7 @@ int sandbox_create(const struct sandbox_config *cfg, struct sandbox **ret, struc
 	sb_trace_mark(&tr, "netns started");
 
 	struct sb_plan *plan = xcalloc(1, sizeof(*plan));
+	plan->mounts = NULL;
 	plan->trace = sb_trace_child_page(&tr);
 	_cleanup_free_ char *state_default = cfg->state_dir ? NULL : sandbox_state_dir_default();
 	const char *state_dir = cfg->state_dir ? cfg->state_dir : state_default;
@@ -1053,7 +1066,7 @@ int sandbox_create(const struct sandbox_config *cfg, struct sandbox **ret, struc
 	r = spawn(sb, plan, cfg, netns_fd, err);
 	if (netns_fd >= 0)
 		close(netns_fd); /* the sandbox holds it now */
-	free(plan);
+	plan_free(plan);
 	plan = NULL;
 	if (r < 0) {
 		if (sb->init_pidfd >= 0) {
@@ -1079,7 +1092,7 @@ fail_state:
 fail:
 	if (netns)
 		netns_unref(netns);
-	free(plan);
+	plan_free(plan);
 	sb_trace_mark(&tr, "failed");
 	sb_trace_end(&tr, sb->id);
 	sandbox_free_parts(sb);
