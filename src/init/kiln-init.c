@@ -243,9 +243,12 @@ static int start_child(void *arg)
 		}
 	}
 	if (req->uid != 0 || req->gid != 0) {
+		/* Raw system calls: libc's set*id functions synchronise every
+		 * thread of the process, and this one shares our memory. */
 		gid_t g = req->gid;
-		if ((setgroups(1, &g) < 0 && errno != EPERM) || setresgid(g, g, g) < 0 ||
-		    setresuid(req->uid, req->uid, req->uid) < 0) {
+		if ((syscall(SYS_setgroups, 1, &g) < 0 && errno != EPERM) ||
+		    syscall(SYS_setresgid, g, g, g) < 0 ||
+		    syscall(SYS_setresuid, req->uid, req->uid, req->uid) < 0) {
 			f = (struct child_fail){errno, KILN_INIT_STEP_USER};
 			goto out;
 		}
