@@ -321,7 +321,8 @@ static int conn_open(struct conn *c, const char *path, bool writer, bool durable
 		     struct kiln_err *err)
 {
 	int flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX | (writer ? SQLITE_OPEN_CREATE : 0);
-	int rc = sqlite3_open_v2(path, &c->db, flags, NULL);
+	/* The durable writer gathers each commit's WAL frames into one write. */
+	int rc = sqlite3_open_v2(path, &c->db, flags, writer && durable ? sq_walbuf_vfs() : NULL);
 	if (rc != SQLITE_OK) {
 		int r = kiln_err_set(err, sq_errno(rc), "cannot open the database '%s': %s", path,
 				     c->db ? sqlite3_errmsg(c->db) : sqlite3_errstr(rc));

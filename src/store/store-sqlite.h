@@ -12,6 +12,14 @@
 /* SQLite result code -> -errno (SQLITE_CONSTRAINT -> -EEXIST). */
 int sq_errno(int rc);
 
+/*
+ * The name of the VFS that writes a commit's WAL frames with one write
+ * (store-sqlite-vfs.c), registered on first call; NULL if it could not be.
+ * sq_walbuf_writes counts the buffers it has written (for tests).
+ */
+const char *sq_walbuf_vfs(void);
+uint64_t sq_walbuf_writes(void);
+
 /* A read connection (blocks until one is free) and its return. */
 sqlite3 *sq_reader_get(struct store *s);
 void sq_reader_put(struct store *s, sqlite3 *db);
