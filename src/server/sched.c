@@ -716,14 +716,17 @@ void sched_dispatch(struct server *s, struct sjob *j)
 {
 	for (struct req *r = s->waiters_head, *next; r; r = next) {
 		next = r->wnext;
-		if (parked_peer_gone(r)) {
-			drop_waiter(s, r);
-			continue;
-		}
 		struct sagent *a = r->wait_agent;
 		if (a->draining || !agent_serves(a, j->org_id) || !agent_has_labels(a, j->cls) ||
 		    !fits(&a->capacity, &a->used, &j->cls->needs))
 			continue;
+		/* A system call, so only for a waiter that would get a job (one
+		 * that would not is answered at its wait's end, or dropped here
+		 * when a job for it comes). */
+		if (parked_peer_gone(r)) {
+			drop_waiter(s, r);
+			continue;
+		}
 		/* The agent gets the best job it can run, which is j or better. */
 		struct sjob *best = sched_pick(s, a);
 		if (!best)
