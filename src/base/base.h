@@ -174,6 +174,8 @@ size_t str_edit_distance(const char *a, const char *b, size_t cap);
 bool utf8_valid(const char *s, size_t len);
 /* The length of the longest valid UTF-8 prefix (== len when all is valid). */
 size_t utf8_valid_prefix(const char *s, size_t len);
+/* The code point at *p, which must start valid UTF-8; advances *p past it. */
+uint32_t utf8_next(const unsigned char **p);
 /* Parses a whole decimal integer in [min, max]; -EINVAL / -ERANGE. */
 int parse_int64(const char *s, int64_t min, int64_t max, int64_t *ret);
 

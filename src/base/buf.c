@@ -140,6 +140,26 @@ bool utf8_valid(const char *s, size_t len)
 	return utf8_valid_prefix(s, len) == len;
 }
 
+uint32_t utf8_next(const unsigned char **p)
+{
+	const unsigned char *s = *p;
+	uint32_t cp;
+	size_t n;
+	if (s[0] < 0x80)
+		cp = s[0], n = 0;
+	else if (s[0] < 0xe0)
+		cp = s[0] & 0x1f, n = 1;
+	else if (s[0] < 0xf0)
+		cp = s[0] & 0x0f, n = 2;
+	else
+		cp = s[0] & 0x07, n = 3;
+	for (size_t i = 1; i <= n; i++)
+		cp = (cp << 6) | (s[i] & 0x3f);
+	*p = s + n + 1;
+	return cp;
+}
+
+
 size_t utf8_valid_prefix(const char *s, size_t len)
 {
 	const unsigned char *start = (const unsigned char *)s, *p = start, *end = p + len;

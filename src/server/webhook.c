@@ -173,25 +173,19 @@ static char *one_line(const char *s, size_t max)
 	n = utf8_valid_prefix(s, n);
 	struct buf b = BUF_INIT;
 	buf_puts(&b, "");
-	for (size_t i = 0; i < n; i++) {
-		char c = s[i];
-		const unsigned char *u = (const unsigned char *)s + i;
-		/* What YAML does not print (the spec is read by a YAML parser):
-		 * C0 controls, DEL, C1 controls (U+0080..U+009F, NEL among them:
-		 * a line break to YAML) and U+FFFE/U+FFFF. Each becomes a space. */
-		if (u[0] == 0xc2 && i + 1 < n && u[1] >= 0x80 && u[1] <= 0x9f) {
-			i++;
-			c = ' ';
-		} else if (u[0] == 0xef && i + 2 < n && u[1] == 0xbf &&
-		           (u[2] == 0xbe || u[2] == 0xbf)) {
-			i += 2;
-			c = ' ';
-		} else if (u[0] < 0x20 || u[0] == 0x7f) {
-			c = ' ';
-		}
-		buf_putc(&b, c);
-		if (c == '$' && i + 2 < n && s[i + 1] == '{' && s[i + 2] == '{')
+	for (size_t i = 0; i < n;) {
+		const unsigned char *u = (const unsigned char *)s + i, *next = u;
+		uint32_t cp = utf8_next(&next);
+		size_t k = (size_t)(next - u);
+		/* Controls, and what a spec cannot carry (spec_char_ok), become a
+		 * space: the runner spec must load whatever GitHub sends. */
+		if (cp < 0x20 || !spec_char_ok(cp))
 			buf_putc(&b, ' ');
+		else
+			buf_append(&b, u, k);
+		if (cp == '$' && i + 2 < n && s[i + 1] == '{' && s[i + 2] == '{')
+			buf_putc(&b, ' ');
+		i += k;
 	}
 	return buf_steal(&b);
 }

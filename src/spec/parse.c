@@ -130,27 +130,10 @@ const char *node_type_name(const struct node *n)
 
 /* ---- text checks -------------------------------------------------------------- */
 
-/*
- * The code point at *p (valid UTF-8 already checked); advances *p. Returns
- * the code point.
- */
-static uint32_t utf8_next(const unsigned char **p)
+bool spec_char_ok(uint32_t cp)
 {
-	const unsigned char *s = *p;
-	uint32_t cp;
-	size_t n;
-	if (s[0] < 0x80)
-		cp = s[0], n = 0;
-	else if (s[0] < 0xe0)
-		cp = s[0] & 0x1f, n = 1;
-	else if (s[0] < 0xf0)
-		cp = s[0] & 0x0f, n = 2;
-	else
-		cp = s[0] & 0x07, n = 3;
-	for (size_t i = 1; i <= n; i++)
-		cp = (cp << 6) | (s[i] & 0x3f);
-	*p = s + n + 1;
-	return cp;
+	return !(cp == 0 || cp == 0x7f || (cp >= 0x80 && cp <= 0x9f) || cp == 0x2028 ||
+	         cp == 0x2029 || cp == 0xfeff || cp == 0xfffe || cp == 0xffff);
 }
 
 /*
@@ -173,8 +156,7 @@ static bool check_text(const char *s, size_t len, int line, int col, const char 
 	const unsigned char *p = (const unsigned char *)s, *end = p + len;
 	while (p < end) {
 		uint32_t cp = utf8_next(&p);
-		if (cp == 0x7f || (cp >= 0x80 && cp <= 0x9f) || cp == 0x2028 || cp == 0x2029 ||
-		    cp == 0xfeff || cp == 0xfffe || cp == 0xffff) {
+		if (!spec_char_ok(cp)) {
 			spec_diags_add(
 			    d, line, col, "",
 			    "%s contains the character U+%04X, which a spec cannot carry; "

@@ -162,6 +162,13 @@ int spec_label_parse(const char *s, struct spec_label *ret, struct kiln_err *err
 void spec_label_release(struct spec_label *l);
 /* Checks the grammar only. */
 bool spec_label_valid(const char *s);
+/*
+ * Whether a spec's text may carry code point cp: everything but NUL, DEL,
+ * C1 controls, the line separators U+2028/U+2029, the BOM and U+FFFE/U+FFFF
+ * (what JSON carries and YAML would not read back unchanged). C0 controls
+ * are allowed here; names and some fields refuse them on their own.
+ */
+bool spec_char_ok(uint32_t cp);
 /* Case-insensitive (ASCII) equality of two labels. */
 bool spec_label_eq(const char *a, const char *b);
 
