@@ -91,6 +91,7 @@ struct job {
 	char *workspace;       /* dir/workspace, or a warm sandbox's */
 	char *scripts;         /* dir/scripts, or a warm sandbox's */
 	char *extra_dir;       /* the warm sandbox's directory (removed with the job) */
+	bool pool_hold;        /* took a warm sandbox and is not past its start (pool.c) */
 	uint64_t leased_ns;
 
 	pthread_t runner, shipper;
@@ -166,8 +167,14 @@ int copy_tree(const char *src, const char *dst, const char *skip, char *const *f
 char *pool_key(const struct sandbox_config *c);
 int pool_start(struct agent *a, const struct sandbox_config *initial);
 /* Gives j a warm sandbox of c's shape (j->sb, workspace, scripts, extra_dir)
- * if one is ready; in any case, the pool makes the next ones of that shape. */
+ * if one is ready or being made (then it waits for it); in any case, the
+ * pool makes the next ones of that shape. */
 bool pool_take(struct agent *a, const struct sandbox_config *c, struct job *j);
+/* j is past its start (its first step ended, ran POOL_HOLD_MS, or could not
+ * start): the pool may make the next sandbox now. Making one while a job
+ * starts its first process slows that start (CPU, and the kernel's
+ * namespace and cgroup locks). Idempotent; the runner's thread only. */
+void pool_release(struct agent *a, struct job *j);
 void pool_stop(struct agent *a);
 
 /* artifacts.c */
@@ -214,12 +221,14 @@ struct agent {
 	/* warm sandboxes (pool.c), under lock */
 	struct warm **warm_v;
 	size_t n_warm;
+	unsigned pool_holds; /* jobs between pool_take() and pool_release() */
 	uint64_t warm_seq;
 	char *want_key, *want_rootfs;
 	struct sandbox_config want_cfg;
 	pthread_cond_t pool_cond;
 	pthread_t pool_thread;
 	bool pool_started, pool_stop;
+	bool pool_making; /* the pool thread is making one (of want_key's shape) */
 
 	struct agent_obs *obs; /* metrics.c */
 };

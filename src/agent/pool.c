@@ -8,6 +8,11 @@
  * shape: that of the last job (at start: the host root, no network, no
  * limits). A job of that shape takes one; a pool thread makes the next. A
  * job of another shape creates its own, and the pool switches to its shape.
+ * The next one is made once the job that took one is past its start
+ * (pool_release: its first step ended, or ran POOL_HOLD_MS): made at the
+ * same time, it delayed that start by milliseconds (two cores; clone,
+ * mounts and cgroups contend in the kernel with the job's fork and exec),
+ * and the job's start is what the pool is for.
  *
  * A warm sandbox has never run anything: no job sees another's processes or
  * files. Each has its own directory <state>/jobs/warm-N/ holding its
@@ -17,6 +22,9 @@
 
 #include <inttypes.h>
 #include <sys/stat.h>
+
+/* The longest a job waits for the warm sandbox being made (pool_take). */
+#define POOL_WAIT_S 10
 
 struct warm {
 	struct sandbox *sb;
@@ -84,7 +92,8 @@ static void *pool_main(void *p)
 	unsigned failures = 0;
 	pthread_mutex_lock(&a->lock);
 	for (;;) {
-		while (!a->pool_stop && (a->n_warm >= a->cfg.warm || !a->want_key))
+		while (!a->pool_stop &&
+		       (a->n_warm >= a->cfg.warm || !a->want_key || a->pool_holds))
 			pthread_cond_wait(&a->pool_cond, &a->lock);
 		if (a->pool_stop)
 			break;
@@ -92,9 +101,14 @@ static void *pool_main(void *p)
 		struct sandbox_config want = a->want_cfg;
 		char *rootfs = a->want_rootfs ? xstrdup(a->want_rootfs) : NULL;
 		want.rootfs = rootfs;
+		a->pool_making = true;
 		pthread_mutex_unlock(&a->lock);
+		uint64_t t0 = now_mono_ns();
 		struct warm *w = make_one(a, &want, key);
+		log_debug("warm sandbox made took_us=%" PRIu64,
+			  (uint64_t)((now_mono_ns() - t0) / NSEC_PER_USEC));
 		pthread_mutex_lock(&a->lock);
+		a->pool_making = false;
 		if (w && !a->pool_stop && a->want_key && streq(a->want_key, key) &&
 		    a->n_warm < a->cfg.warm) {
 			a->warm_v[a->n_warm++] = w;
@@ -103,6 +117,7 @@ static void *pool_main(void *p)
 		} else if (!w) {
 			failures++;
 		}
+		pthread_cond_broadcast(&a->pool_cond); /* a job may wait for it (pool_take) */
 		free(key);
 		free(rootfs);
 		if (w) {
@@ -190,10 +205,23 @@ bool pool_take(struct agent *a, const struct sandbox_config *c, struct job *j)
 	struct warm *w = NULL;
 	size_t n = 0;
 	pthread_mutex_lock(&a->lock);
+	bool same = a->want_key && streq(a->want_key, key);
+	/* One of this shape is being made: it is ready sooner than a second one
+	 * made beside it on the same cores would be. */
+	if (same && !a->n_warm && a->pool_making) {
+		struct timespec ts;
+		clock_gettime(CLOCK_MONOTONIC, &ts);
+		ts.tv_sec += POOL_WAIT_S;
+		while (!a->n_warm && a->pool_making && !a->pool_stop)
+			if (pthread_cond_timedwait(&a->pool_cond, &a->lock, &ts) == ETIMEDOUT)
+				break;
+	}
 	struct warm **old = want_locked(a, c, key, &n);
 	if (!old && a->n_warm) {
 		w = a->warm_v[--a->n_warm];
-		pthread_cond_broadcast(&a->pool_cond); /* make the next one */
+		/* The next one is made once this job is past its start (pool_release). */
+		a->pool_holds++;
+		j->pool_hold = true;
 	}
 	pthread_mutex_unlock(&a->lock);
 	free_list(old, n);
@@ -210,6 +238,18 @@ bool pool_take(struct agent *a, const struct sandbox_config *c, struct job *j)
 	w->sb = NULL;
 	warm_free(w, false);
 	return true;
+}
+
+void pool_release(struct agent *a, struct job *j)
+{
+	if (!j->pool_hold)
+		return;
+	pthread_mutex_lock(&a->lock);
+	j->pool_hold = false;
+	a->pool_holds--;
+	if (!a->pool_holds)
+		pthread_cond_broadcast(&a->pool_cond); /* make the next one */
+	pthread_mutex_unlock(&a->lock);
 }
 
 void pool_stop(struct agent *a)

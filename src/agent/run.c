@@ -24,6 +24,9 @@
 
 #define READ_CHUNK (64u << 10)
 #define PIPE_SIZE (1 << 20)
+/* How long the pool waits for a job's first step before making the next
+ * sandbox anyway (pool.c): most short steps are over by then. */
+#define POOL_HOLD_MS 50
 
 struct step_result {
 	int status;  /* shell-style: exit code or 128 + signal; -1: did not start */
@@ -40,6 +43,7 @@ struct run {
 	struct buf masked;
 	char *chunk;
 	uint64_t deadline_ns; /* the job's timeout, monotonic */
+	uint64_t hold_until_ns; /* pool_release() then, if the step still runs */
 	uint64_t started_ns;
 };
 
@@ -220,13 +224,21 @@ static void wait_step(struct run *r, struct sandbox_process *p, struct sandbox_e
 	for (;;) {
 		uint64_t now = now_mono_ns();
 		int timeout = 1000;
+		if (j->pool_hold) {
+			if (now >= r->hold_until_ns) {
+				pool_release(j->agent, j);
+			} else {
+				uint64_t left = (r->hold_until_ns - now) / NSEC_PER_MSEC + 1;
+				timeout = left < 1000 ? (int)left : 1000;
+			}
+		}
 		if (r->deadline_ns && job_stop_reason(j) == STOP_NONE) {
 			if (now >= r->deadline_ns) {
 				job_request_stop(j, STOP_TIMEOUT, "the job's timeout passed");
 				timeout = 1000;
 			} else {
 				uint64_t left = (r->deadline_ns - now) / NSEC_PER_MSEC + 1;
-				timeout = left < 1000 ? (int)left : 1000;
+				timeout = left < (uint64_t)timeout ? (int)left : timeout;
 			}
 		}
 		int n = poll(fds, 3, timeout);
@@ -301,6 +313,10 @@ static void run_step(struct run *r, struct sandbox *sb, size_t idx, struct step_
 		ex.timeout_ms = st->timeout_ms;
 		rc = sandbox_exec(sb, &ex, &p, &err);
 	}
+	if (rc < 0)
+		pool_release(j->agent, j);
+	else
+		r->hold_until_ns = now_mono_ns() + POOL_HOLD_MS * NSEC_PER_MSEC;
 	spec_argv_free(argv);
 	env_free(&env);
 	char took[32];
@@ -318,6 +334,7 @@ static void run_step(struct run *r, struct sandbox *sb, size_t idx, struct step_
 		  (uint64_t)((now_mono_ns() - j->leased_ns) / NSEC_PER_USEC));
 	struct sandbox_exit ex;
 	wait_step(r, p, &ex);
+	pool_release(j->agent, j);
 	sandbox_process_free(p);
 	res->wall_ns = now_mono_ns() - t0;
 	res->status = sandbox_exit_status(&ex);
@@ -538,6 +555,7 @@ int job_run(struct job *j, struct job_outcome *out)
 	free(fail_res.error);
 	rc = 0;
 done:
+	pool_release(j->agent, j);
 	if (sb)
 		destroy_sandbox(j, NULL);
 	if (r.pipe_w >= 0)
