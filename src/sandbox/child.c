@@ -585,9 +585,14 @@ static void make_root(struct child *c)
 	}
 }
 
-/* Attaches a mask over /proc/<name>; false (tree closed) when this kernel
- * has no such entry. Never follows a symlink: a mask must cover the entry
- * itself. */
+static bool proc_has(int proc, const char *name)
+{
+	struct stat st;
+	return fstatat(proc, name, &st, AT_SYMLINK_NOFOLLOW) == 0;
+}
+
+/* Attaches a mask over /proc/<name>; false (tree closed) when there is no
+ * such entry. Never follows a symlink: a mask must cover the entry itself. */
 static bool mask_attach(struct child *c, int tree, int proc, const char *name)
 {
 	if (move_mount(tree, "", proc, name, MOVE_MOUNT_F_EMPTY_PATH) < 0) {
@@ -615,12 +620,14 @@ static void make_proc(struct child *c)
 	if (sf.f_type != PROC_SUPER_MAGIC)
 		fail(c, SB_STEP_PROC, EINVAL, "/proc is not procfs after mounting it", NULL);
 
-	/* Masks are attached straight away: a target this kernel lacks fails
-	 * with ENOENT and is skipped, sparing a probe per entry. */
+	/* Entries this kernel lacks are skipped by a probe first: closing a
+	 * detached tree that was never attached costs an RCU grace period. */
 	int devnull = open("/dev/null", O_PATH | O_CLOEXEC);
 	if (devnull < 0)
 		fail(c, SB_STEP_MASK, errno, "open /dev/null", NULL);
 	for (size_t i = 0; i < ARRAY_SIZE(proc_masked); i++) {
+		if (!proc_has(proc, proc_masked[i]))
+			continue;
 		int b = clone_path(c, devnull, "", SB_STEP_MASK);
 		mask_attach(c, b, proc, proc_masked[i]);
 	}
@@ -628,6 +635,8 @@ static void make_proc(struct child *c)
 	 * a new mount, the others bind it (one superblock, not four). */
 	int empty = -1;
 	for (size_t i = 0; i < ARRAY_SIZE(proc_masked_dirs); i++) {
+		if (!proc_has(proc, proc_masked_dirs[i]))
+			continue;
 		int m2;
 		if (empty < 0) {
 			static const char *const o[] = {"size=0", "mode=0555"};
