@@ -211,9 +211,11 @@ class JobCase(kilntest.TempDirTestCase):
         a = Agent(self.server.addr, os.path.join(self.tmp, "agent-" + name), name, args,
                   cgroup_parent=parent, token=self.agent_token)
         self.addCleanup(remove_cgroup_parent, parent)
-        a.start(self.api if register else None)
+        # Cleanup registered before the start: an agent that fails to
+        # register in time is still stopped (no stray process).
         self.agents.append(a)
         self.addCleanup(self.cleanup_agent, a)
+        a.start(self.api if register else None)
         return a
 
     def cleanup_agent(self, a):
