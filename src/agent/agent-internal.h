@@ -64,6 +64,24 @@ const char *http_error_message(const struct http_reply *r);
 /* Percent-encodes everything but unreserved characters and '/'; caller frees. */
 char *url_escape_path(const char *s);
 
+/* wire.c: the HTTP/1.1 client for http:// servers (plain sockets, no libcurl). */
+struct wire;
+/* "http://HOST[:PORT][/PREFIX]" -> parts (caller frees); false otherwise. */
+bool wire_parse_url(const char *url, char **host, char **port, char **prefix);
+/* NULL when url is not a plain http:// URL (https: libcurl instead). */
+struct wire *wire_new(const char *url, const char *token);
+void wire_free(struct wire *w);
+void wire_abort(struct wire *w);
+void wire_reset_abort(struct wire *w);
+/*
+ * One request on the keep-alive connection: the body is `body` (len bytes)
+ * or, when body_fd >= 0, len bytes read from body_fd. Returns 0 with the
+ * status and body of any answer, or -errno (err set) when none came.
+ */
+int wire_request(struct wire *w, const char *method, const char *path, const char *content_type,
+		 const void *body, size_t len, int body_fd, long timeout_ms, long *ret_status,
+		 struct buf *ret_body, struct kiln_err *err);
+
 /* ---- jobs (job.c, ship.c) --------------------------------------------------- */
 
 #define AGENT_SCRIPTS_DIR "/run/kiln" /* where a job's step scripts are, inside */

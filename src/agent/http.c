@@ -7,13 +7,19 @@
  * body also of an error — so an HTTP error is not an error here: only a
  * failure to reach the server is (-errno, with err set). A long-poll can be
  * cut off from another thread (http_abort: client_abort()).
+ *
+ * An http:// server is spoken to by the agent's own small client on plain
+ * sockets (wire.c), so libcurl and its dependency tree are never loaded
+ * (src/lazylib loads it on first use): most of the agent's memory. https://
+ * goes through libcurl.
  */
 #include "agent-internal.h"
 
 #include "client/client.h"
 
 struct http {
-	struct kiln_client *c;
+	struct wire *w;        /* http:// */
+	struct kiln_client *c; /* https:// (libcurl) */
 };
 
 char *http_base_url(const char *server)
@@ -29,6 +35,9 @@ char *http_base_url(const char *server)
 struct http *http_new(const char *base_url, const char *token)
 {
 	struct http *h = xcalloc(1, sizeof(*h));
+	h->w = wire_new(base_url, token);
+	if (h->w)
+		return h;
 	struct kiln_err err = {0};
 	/* base_url comes from http_base_url(): the only failure left is
 	 * libcurl's allocation, which is kiln's abort policy. */
@@ -43,13 +52,51 @@ void http_free(struct http *h)
 {
 	if (!h)
 		return;
-	client_free(h->c);
+	wire_free(h->w);
+	if (h->c)
+		client_free(h->c);
 	free(h);
 }
 
-void http_abort(struct http *h) { client_abort(h->c); }
+void http_abort(struct http *h)
+{
+	if (h->w)
+		wire_abort(h->w);
+	else
+		client_abort(h->c);
+}
 
-void http_reset_abort(struct http *h) { client_reset_abort(h->c); }
+void http_reset_abort(struct http *h)
+{
+	if (h->w)
+		wire_reset_abort(h->w);
+	else
+		client_reset_abort(h->c);
+}
+
+/* The wire client's answer as a reply (the JSON body when there is one). */
+static int wire_reply(struct wire *w, const char *method, const char *path, const char *ctype,
+		      const void *body, size_t len, int fd, long timeout_ms,
+		      struct http_reply *ret, struct kiln_err *err)
+{
+	memset(ret, 0, sizeof(*ret));
+	long status = 0;
+	struct buf b = BUF_INIT;
+	int r = wire_request(w, method, path, ctype, body, len, fd, timeout_ms, &status, &b, err);
+	if (r == 0) {
+		ret->status = status;
+		if (b.len && b.data[0] == '{') {
+			json_error_t jerr;
+			json_t *ans = json_loadb(b.data, b.len, 0, &jerr);
+			if (json_is_object(ans))
+				ret->json = ans;
+			else
+				json_decref(ans);
+		}
+	}
+	buf_release(&b);
+	return r;
+}
 
 void http_reply_release(struct http_reply *r)
 {
@@ -76,6 +123,9 @@ int http_request(struct http *h, const char *method, const char *path, bool json
 		 const void *body, size_t len, long timeout_ms, struct http_reply *ret,
 		 struct kiln_err *err)
 {
+	const char *ctype = json_body ? "application/json" : "application/octet-stream";
+	if (h->w)
+		return wire_reply(h->w, method, path, ctype, body, len, -1, timeout_ms, ret, err);
 	memset(ret, 0, sizeof(*ret));
 	client_set_timeout(h->c, timeout_ms);
 	long status = 0;
@@ -97,6 +147,9 @@ int http_json(struct http *h, const char *method, const char *path, json_t *body
 int http_put_fd(struct http *h, const char *path, int fd, uint64_t size, long timeout_ms,
 		struct http_reply *ret, struct kiln_err *err)
 {
+	if (h->w)
+		return wire_reply(h->w, "PUT", path, "application/octet-stream", NULL, (size_t)size,
+				  fd, timeout_ms, ret, err);
 	memset(ret, 0, sizeof(*ret));
 	client_set_timeout(h->c, timeout_ms);
 	long status = 0;
