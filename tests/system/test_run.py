@@ -167,9 +167,12 @@ class UpTest(RunCase):
                               "--cgroup-parent", f"/kiln-systest-up-{os.getpid()}"] + list(args),
                              stdout=log, stderr=log, env=e)
         self.addCleanup(self.stop, p)
-        wait_for(lambda: os.path.exists(addr_file) or p.poll() is not None, timeout=60,
+        # Ready once it says so: the address file is written a moment before
+        # the "kiln is up" banner (waiting on the file alone raced the banner).
+        wait_for(lambda: "kiln is up" in self.read_log() or p.poll() is not None, timeout=60,
                  what="kiln up")
         self.assertIsNone(p.poll(), self.read_log())
+        self.assertTrue(os.path.exists(addr_file), self.read_log())
         self.token = admin_token(state)
         with open(addr_file) as f:
             return p, f.read().strip()
