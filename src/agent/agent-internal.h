@@ -81,6 +81,13 @@ void wire_reset_abort(struct wire *w);
 int wire_request(struct wire *w, const char *method, const char *path, const char *content_type,
 		 const void *body, size_t len, int body_fd, long timeout_ms, long *ret_status,
 		 struct buf *ret_body, struct kiln_err *err);
+/*
+ * For fuzz/wire-fuzz.c: reads one answer from fd (taken, closed) as
+ * wire_request does, with a body limit; *keep: the connection may be kept.
+ * 0, or -EPROTO (err set) / -EPIPE (cut short) / -errno.
+ */
+int wire_read_answer_fd(int fd, size_t max_body, long *ret_status, struct buf *body, bool *keep,
+			struct kiln_err *err);
 
 /* ---- jobs (job.c, ship.c) --------------------------------------------------- */
 

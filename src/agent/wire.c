@@ -40,6 +40,7 @@ struct wire {
 	atomic_bool aborted;
 	struct buf in;  /* bytes read past the last answer (none, usually) */
 	unsigned used;  /* answers read on this connection */
+	size_t max_body; /* WIRE_MAX_BODY (smaller in the fuzz target) */
 };
 
 /* "http://HOST[:PORT][/PREFIX]" -> its parts; false if not of that form. */
@@ -91,6 +92,7 @@ struct wire *wire_new(const char *url, const char *token)
 	w->hostport = xstrndup(p, strcspn(p, "/"));
 	w->auth = token ? xasprintf("Authorization: Bearer %s\r\n", token) : NULL;
 	w->fd = -1;
+	w->max_body = WIRE_MAX_BODY;
 	w->wake = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 	if (w->wake < 0) {
 		log_error("cannot make an eventfd error=\"%s\"", strerror(errno));
@@ -273,12 +275,13 @@ static void consume(struct wire *w, size_t n)
 }
 
 /* The value of header `name` in the header block (lines after the status
- * line), trimmed; NULL if absent. Caller frees. */
-static char *header(const char *hdrs, size_t len, const char *name)
+ * line) from offset *from on, trimmed; NULL if absent. *from: past its line.
+ * Caller frees. */
+static char *header_from(const char *hdrs, size_t len, const char *name, size_t *from)
 {
 	size_t nl = strlen(name);
 	const char *end = hdrs + len;
-	for (const char *p = hdrs; p < end;) {
+	for (const char *p = hdrs + *from; p < end;) {
 		const char *eol = memchr(p, '\n', (size_t)(end - p));
 		if (!eol)
 			eol = end;
@@ -288,6 +291,7 @@ static char *header(const char *hdrs, size_t len, const char *name)
 				v++;
 			while (ve > v && (ve[-1] == '\r' || ve[-1] == ' ' || ve[-1] == '\t'))
 				ve--;
+			*from = (size_t)(eol - hdrs) + (eol < end);
 			return xstrndup(v, (size_t)(ve - v));
 		}
 		p = eol + 1;
@@ -295,15 +299,24 @@ static char *header(const char *hdrs, size_t len, const char *name)
 	return NULL;
 }
 
+static char *header(const char *hdrs, size_t len, const char *name)
+{
+	size_t from = 0;
+	return header_from(hdrs, len, name, &from);
+}
+
+/* Digits only (strtoull alone takes leading space, a sign, "0x"); a chunk
+ * size may be followed by an extension. */
 static bool parse_num(const char *s, int base, uint64_t *ret)
 {
-	if (!s || !*s)
+	if (!s)
+		return false;
+	size_t nd = strspn(s, base == 16 ? "0123456789abcdefABCDEF" : "0123456789");
+	if (nd == 0 || (s[nd] && (base == 10 || (s[nd] != ';' && s[nd] != ' ' && s[nd] != '\t'))))
 		return false;
 	errno = 0;
-	char *end;
-	unsigned long long v = strtoull(s, &end, base);
-	if (errno || end == s || (*end && *end != ';' && *end != ' ' && *end != '\t') ||
-	    *s == '-' || *s == '+')
+	unsigned long long v = strtoull(s, NULL, base);
+	if (errno)
 		return false;
 	*ret = v;
 	return true;
@@ -333,7 +346,7 @@ static int read_answer(struct wire *w, bool head, long *ret_status, struct buf *
 		/* "HTTP/1.x SSS reason" */
 		const char *d = w->in.data;
 		if (strncmp(d, "HTTP/1.", 7) != 0 || d[7] < '0' || d[7] > '9' || d[8] != ' ' ||
-		    d[9] < '1' || d[9] > '9' || d[10] < '0' || d[10] > '9' || d[11] < '0' ||
+		    d[9] < '1' || d[9] > '5' || d[10] < '0' || d[10] > '9' || d[11] < '0' ||
 		    d[11] > '9' || (d[12] != ' ' && d[12] != '\r'))
 			return kiln_err_set(err, -EPROTO, "the server's answer is not HTTP/1.x");
 		int minor = d[7] - '0';
@@ -350,6 +363,14 @@ static int read_answer(struct wire *w, bool head, long *ret_status, struct buf *
 		_cleanup_free_ char *conn = header(hdrs, hlen, "Connection");
 		bool keep = minor >= 1 ? !(conn && strcasecmp(conn, "close") == 0)
 				       : (conn && strcasecmp(conn, "keep-alive") == 0);
+		/* several Content-Lengths must agree (RFC 9112 6.3) */
+		bool cl_same = true;
+		size_t from = 0;
+		free(header_from(hdrs, hlen, "Content-Length", &from));
+		for (char *o; cl && (o = header_from(hdrs, hlen, "Content-Length", &from));) {
+			cl_same = cl_same && streq(o, cl);
+			free(o);
+		}
 		consume(w, hend);
 		if (head || status == 204 || status == 304) {
 			/* no body */
@@ -367,7 +388,7 @@ static int read_answer(struct wire *w, bool head, long *ret_status, struct buf *
 				*le = '\0';
 				bool ok = parse_num(w->in.data, 16, &n);
 				consume(w, (size_t)(le - w->in.data) + 2);
-				if (!ok || n > WIRE_MAX_BODY || body->len + n > WIRE_MAX_BODY)
+				if (!ok || n > w->max_body || body->len + n > w->max_body)
 					return kiln_err_set(err, -EPROTO,
 							    "bad chunk in the server's answer");
 				if (n == 0) {
@@ -401,9 +422,12 @@ static int read_answer(struct wire *w, bool head, long *ret_status, struct buf *
 			}
 		} else if (cl) {
 			uint64_t n;
-			if (!parse_num(cl, 10, &n) || n > WIRE_MAX_BODY)
+			if (!parse_num(cl, 10, &n) || n > w->max_body)
 				return kiln_err_set(err, -EPROTO,
 						    "bad Content-Length in the server's answer");
+			if (!cl_same)
+				return kiln_err_set(err, -EPROTO, "different Content-Lengths in "
+								  "the server's answer");
 			while (w->in.len < n)
 				if ((r = fill(w, deadline_ns)) < 0)
 					return r;
@@ -412,7 +436,7 @@ static int read_answer(struct wire *w, bool head, long *ret_status, struct buf *
 		} else {
 			/* To EOF. */
 			for (;;) {
-				if (w->in.len > WIRE_MAX_BODY)
+				if (w->in.len > w->max_body)
 					return kiln_err_set(err, -EPROTO,
 							    "the server's answer is too long");
 				r = fill(w, deadline_ns);
@@ -421,6 +445,8 @@ static int read_answer(struct wire *w, bool head, long *ret_status, struct buf *
 				if (r < 0)
 					return r;
 			}
+			if (w->in.len > w->max_body) /* the last read went over */
+				return kiln_err_set(err, -EPROTO, "the server's answer is too long");
 			buf_append(body, w->in.data, w->in.len);
 			buf_reset(&w->in);
 			keep = false;
@@ -430,6 +456,21 @@ static int read_answer(struct wire *w, bool head, long *ret_status, struct buf *
 			wire_close(w);
 		return 0;
 	}
+}
+
+int wire_read_answer_fd(int fd, size_t max_body, long *ret_status, struct buf *body, bool *keep,
+			struct kiln_err *err)
+{
+	struct wire w = {.fd = fd, .wake = -1, .max_body = max_body};
+	bool got_any = false;
+	*keep = false;
+	err->msg[0] = '\0';
+	int r = read_answer(&w, false, ret_status, body, 0, &got_any, err);
+	if (r == 0)
+		*keep = w.fd >= 0;
+	wire_close(&w);
+	buf_release(&w.in);
+	return r;
 }
 
 int wire_request(struct wire *w, const char *method, const char *path, const char *content_type,
