@@ -6,7 +6,7 @@
 #   scripts/deps.sh bench    also the peers the benchmarks compare against
 set -eu
 
-BUILD="meson ninja-build gcc clang libclang-rt-14-dev pkg-config
+BUILD="meson ninja-build gcc make clang libclang-rt-14-dev pkg-config
  libyaml-dev libjansson-dev libsqlite3-dev libmicrohttpd-dev
  libcurl4-openssl-dev libseccomp-dev libcap-dev libsodium-dev libncurses-dev
  libpq-dev zlib1g-dev musl-tools"
