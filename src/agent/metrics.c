@@ -154,52 +154,7 @@ static enum MHD_Result answer(void *cls, struct MHD_Connection *conn, const char
 __attribute__((format(printf, 2, 0))) static void mhd_log(void *cls, const char *fmt, va_list ap)
 {
 	(void)cls;
-	if (log_max_level < LOG_DEBUG)
-		return;
-	_cleanup_free_ char *msg = xvasprintf(fmt, ap);
-	size_t n = strlen(msg);
-	while (n && (msg[n - 1] == '\n' || msg[n - 1] == '\r'))
-		msg[--n] = '\0';
-	char b[300];
-	log_debug("libmicrohttpd (metrics) msg=%s", log_field(msg, b, sizeof(b)));
-}
-
-static int resolve(const char *listen, struct sockaddr_storage *ss, struct kiln_err *err)
-{
-	_cleanup_free_ char *copy = xstrdup(listen);
-	char *host = copy, *port;
-	if (*host == '[') {
-		char *e = strchr(host, ']');
-		if (!e || e[1] != ':')
-			return kiln_err_set(err, -EINVAL,
-			                    "--metrics-listen '%s': expected [IPV6]:PORT", listen);
-		*e = '\0';
-		host++;
-		port = e + 2;
-	} else {
-		port = strrchr(host, ':');
-		if (!port)
-			return kiln_err_set(err, -EINVAL,
-			                    "--metrics-listen '%s': expected HOST:PORT (e.g. "
-			                    "127.0.0.1:9101; port 0 picks a free one)",
-			                    listen);
-		*port++ = '\0';
-	}
-	int64_t p;
-	if (parse_int64(port, 0, 65535, &p) < 0)
-		return kiln_err_set(err, -EINVAL, "--metrics-listen '%s': bad port '%s'", listen,
-		                    port);
-	struct addrinfo hints = {.ai_family = AF_UNSPEC,
-	                         .ai_socktype = SOCK_STREAM,
-	                         .ai_flags = AI_PASSIVE | AI_NUMERICSERV},
-	                *res = NULL;
-	int rc = getaddrinfo(*host ? host : NULL, port, &hints, &res);
-	if (rc != 0)
-		return kiln_err_set(err, -EINVAL, "--metrics-listen '%s': %s", listen,
-		                    gai_strerror(rc));
-	memcpy(ss, res->ai_addr, res->ai_addrlen);
-	freeaddrinfo(res);
-	return 0;
+	log_debug_library("libmicrohttpd (metrics)", fmt, ap);
 }
 
 static void bound_address(struct MHD_Daemon *d, char out[96])
@@ -208,26 +163,15 @@ static void bound_address(struct MHD_Daemon *d, char out[96])
 	const union MHD_DaemonInfo *di = MHD_get_daemon_info(d, MHD_DAEMON_INFO_LISTEN_FD);
 	struct sockaddr_storage b = {0};
 	socklen_t len = sizeof(b);
-	if (!di || getsockname(di->listen_fd, (struct sockaddr *)&b, &len) < 0)
-		return;
-	char host[INET6_ADDRSTRLEN] = "?";
-	if (b.ss_family == AF_INET) {
-		struct sockaddr_in in;
-		memcpy(&in, &b, sizeof(in));
-		inet_ntop(AF_INET, &in.sin_addr, host, sizeof(host));
-		snprintf(out, 96, "%s:%d", host, ntohs(in.sin_port));
-	} else if (b.ss_family == AF_INET6) {
-		struct sockaddr_in6 in6;
-		memcpy(&in6, &b, sizeof(in6));
-		inet_ntop(AF_INET6, &in6.sin6_addr, host, sizeof(host));
-		snprintf(out, 96, "[%s]:%d", host, ntohs(in6.sin6_port));
-	}
+	if (di && getsockname(di->listen_fd, (struct sockaddr *)&b, &len) == 0)
+		sockaddr_format(&b, out, 96);
 }
 
 int agent_obs_listen(struct agent *a, const char *listen, struct kiln_err *err)
 {
 	struct sockaddr_storage ss = {0};
-	int r = resolve(listen, &ss, err);
+	int r = listen_addr_parse(listen, "--metrics-listen", "127.0.0.1:9101", false, &ss, NULL,
+	                          err);
 	if (r < 0)
 		return r;
 	r = lazylib_load_mhd(err);

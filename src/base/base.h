@@ -20,6 +20,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/types.h>
 #include <unistd.h>
 
@@ -136,6 +137,12 @@ int log_emit(enum log_level level, int r, const char *fmt, ...) KILN_PRINTF(3, 4
  * log_info("agent registered agent=%s", log_field(name, b, sizeof(b))).
  */
 const char *log_field(const char *s, char *buf, size_t n);
+/*
+ * A library's own log message (libmicrohttpd's logger callback): at debug
+ * level, as `SOURCE msg=...` with trailing line breaks dropped.
+ */
+__attribute__((format(printf, 2, 0))) void log_debug_library(const char *source,
+                                                             const char *fmt, va_list ap);
 #define log_warn_errno(r, ...) log_at(LOG_WARN, (r), __VA_ARGS__)
 
 /* ---- buffers ------------------------------------------------------------- */
@@ -233,6 +240,18 @@ int rm_rf(const char *path);
 int fd_set_nonblock(int fd, bool on);
 /* Joins a directory and a name with one '/'; the caller frees. */
 char *path_join(const char *dir, const char *name);
+
+/* ---- listen addresses (net.c) ---- */
+/*
+ * Parses HOST:PORT or [IPV6]:PORT (an empty HOST: every address; with
+ * allow_http an "http://" prefix is skipped) into *ss (and *len). Errors
+ * read "WHAT 'LISTEN': ...", the missing-port one giving EXAMPLE.
+ */
+int listen_addr_parse(const char *listen, const char *what, const char *example,
+                      bool allow_http, struct sockaddr_storage *ss, socklen_t *len,
+                      struct kiln_err *err);
+/* "HOST:PORT" or "[IPV6]:PORT" of an IPv4/IPv6 address, else "?". */
+void sockaddr_format(const struct sockaddr_storage *ss, char *out, size_t n);
 
 /* Last: poisons unsafe libc calls for every file that includes base.h. */
 #include "banned.h"

@@ -212,3 +212,15 @@ int log_emit(enum log_level level, int r, const char *fmt, ...)
 	errno = saved;
 	return r;
 }
+
+void log_debug_library(const char *source, const char *fmt, va_list ap)
+{
+	if (log_max_level < LOG_DEBUG)
+		return;
+	_cleanup_free_ char *msg = xvasprintf(fmt, ap);
+	size_t n = strlen(msg);
+	while (n && (msg[n - 1] == '\n' || msg[n - 1] == '\r'))
+		msg[--n] = '\0';
+	char b[300];
+	log_debug("%s msg=%s", source, log_field(msg, b, sizeof(b)));
+}

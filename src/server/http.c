@@ -735,60 +735,15 @@ void http_check_deadlines(struct server *s, uint64_t now_ns)
 __attribute__((format(printf, 2, 0))) static void mhd_log(void *cls, const char *fmt, va_list ap)
 {
 	(void)cls;
-	if (log_max_level < LOG_DEBUG)
-		return;
-	_cleanup_free_ char *msg = xvasprintf(fmt, ap);
-	size_t n = strlen(msg);
-	while (n && (msg[n - 1] == '\n' || msg[n - 1] == '\r'))
-		msg[--n] = '\0';
-	log_debug("libmicrohttpd: %s", msg);
-}
-
-static int parse_listen(const char *listen, struct sockaddr_storage *ss, socklen_t *len,
-			struct kiln_err *err)
-{
-	_cleanup_free_ char *copy = xstrdup(listen);
-	char *host = copy, *port;
-	if (startswith(copy, "http://"))
-		host += strlen("http://");
-	if (*host == '[') {
-		char *e = strchr(host, ']');
-		if (!e || e[1] != ':')
-			return kiln_err_set(err, -EINVAL, "listen address '%s': expected [IPV6]:PORT",
-					    listen);
-		*e = '\0';
-		host++;
-		port = e + 2;
-	} else {
-		port = strrchr(host, ':');
-		if (!port)
-			return kiln_err_set(err, -EINVAL,
-					    "listen address '%s': expected HOST:PORT (e.g. "
-					    "127.0.0.1:7700; port 0 picks a free one)",
-					    listen);
-		*port++ = '\0';
-	}
-	int64_t p;
-	if (parse_int64(port, 0, 65535, &p) < 0)
-		return kiln_err_set(err, -EINVAL, "listen address '%s': bad port '%s'", listen,
-				    port);
-	struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
-				 .ai_flags = AI_PASSIVE}, *res = NULL;
-	int rc = getaddrinfo(*host ? host : NULL, port, &hints, &res);
-	if (rc != 0)
-		return kiln_err_set(err, -EINVAL, "listen address '%s': %s", listen,
-				    gai_strerror(rc));
-	memcpy(ss, res->ai_addr, res->ai_addrlen);
-	*len = res->ai_addrlen;
-	freeaddrinfo(res);
-	return 0;
+	log_debug_library("libmicrohttpd", fmt, ap);
 }
 
 int http_start(struct server *s, struct kiln_err *err)
 {
 	struct sockaddr_storage ss = {0};
 	socklen_t sslen = 0;
-	int r = parse_listen(s->cfg.listen, &ss, &sslen, err);
+	int r = listen_addr_parse(s->cfg.listen, "listen address", "127.0.0.1:7700", true, &ss,
+	                          &sslen, err);
 	if (r < 0)
 		return r;
 	unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL |
@@ -817,23 +772,8 @@ int http_start(struct server *s, struct kiln_err *err)
 	const union MHD_DaemonInfo *di = MHD_get_daemon_info(s->mhd, MHD_DAEMON_INFO_LISTEN_FD);
 	struct sockaddr_storage bound = {0};
 	socklen_t blen = sizeof(bound);
-	if (di && getsockname(di->listen_fd, (struct sockaddr *)&bound, &blen) == 0) {
-		char host[INET6_ADDRSTRLEN] = "?";
-		int port = 0;
-		if (bound.ss_family == AF_INET) {
-			struct sockaddr_in in;
-			memcpy(&in, &bound, sizeof(in));
-			inet_ntop(AF_INET, &in.sin_addr, host, sizeof(host));
-			port = ntohs(in.sin_port);
-			snprintf(s->address, sizeof(s->address), "%s:%d", host, port);
-		} else {
-			struct sockaddr_in6 in6;
-			memcpy(&in6, &bound, sizeof(in6));
-			inet_ntop(AF_INET6, &in6.sin6_addr, host, sizeof(host));
-			port = ntohs(in6.sin6_port);
-			snprintf(s->address, sizeof(s->address), "[%s]:%d", host, port);
-		}
-	}
+	if (di && getsockname(di->listen_fd, (struct sockaddr *)&bound, &blen) == 0)
+		sockaddr_format(&bound, s->address, sizeof(s->address));
 	return 0;
 }
 
