@@ -10,7 +10,7 @@ BUILD="meson ninja-build gcc make clang libclang-rt-14-dev pkg-config
  libyaml-dev libjansson-dev libsqlite3-dev libmicrohttpd-dev
  libcurl4-openssl-dev libseccomp-dev libcap-dev libsodium-dev libncurses-dev
  libpq-dev zlib1g-dev musl-tools"
-TEST="python3 python3-yaml clang-tidy clang-format cppcheck curl iproute2
+TEST="git python3 python3-yaml clang-tidy clang-format cppcheck curl iproute2
  util-linux procps tmux prometheus sqlite3 uidmap busybox-static"
 BENCH="bubblewrap crun runc hyperfine redis-server postgresql libhiredis-dev"
 
