@@ -8,13 +8,15 @@
  * (-o json: one JSON object on stdout after the command's own output).
  */
 #include "cli.h"
-#include "sandbox/sandbox.h"
+#include "sandbox/remote.h"
 
+#include <fcntl.h>
 #include <getopt.h>
 #include <inttypes.h>
 #include <poll.h>
 #include <signal.h>
 #include <sys/signalfd.h>
+#include <time.h>
 
 enum {
 	EXIT_TIMEOUT = 124,
@@ -25,6 +27,8 @@ enum {
 
 const char cmd_sandbox_help[] =
 	"usage: kiln sandbox run [OPTIONS] [--] CMD [ARGS...]\n"
+	"       kiln sandbox serve [--warm N] [SHAPE OPTIONS] [--state-dir DIR]\n"
+	"       kiln sandbox status [-o json] [--state-dir DIR] [--wait DURATION]\n"
 	"       kiln sandbox probe [-o json] [--state-dir DIR] [--rootfs host|DIR]\n"
 	"       kiln sandbox cleanup [--state-dir DIR]\n"
 	"\n"
@@ -33,6 +37,12 @@ const char cmd_sandbox_help[] =
 	"capabilities beyond a small documented set, kiln-init as PID 1. CMD gets kiln's\n"
 	"stdin, stdout and stderr. When CMD exits (or times out, or kiln is interrupted)\n"
 	"every process of the sandbox is killed and everything it used is removed.\n"
+	"\n"
+	"When a `kiln sandbox serve` runs for the same state dir, run hands CMD to it\n"
+	"(over <state-dir>/serve.sock, with kiln's stdin/stdout/stderr) and it runs CMD in\n"
+	"a sandbox it made ahead of time: the same isolation and limits, without the wait\n"
+	"for the sandbox to be made. --workspace, --bind, --keep, --cgroup-parent,\n"
+	"--cgroup-root, --init and --local always run in this process.\n"
 	"\n"
 	"options of run:\n"
 	"  --rootfs host|DIR     root filesystem: the host's /usr, /etc (secrets hidden)\n"
@@ -56,7 +66,23 @@ const char cmd_sandbox_help[] =
 	"  --cgroup-parent PATH  /abs: under each hierarchy's root (default /kiln as root);\n"
 	"                        rel: under kiln's own cgroup (default rootless)\n"
 	"  --init PATH           the kiln-init binary (default $KILN_INIT, next to kiln)\n"
+	"  --local               do not hand CMD to a running kiln sandbox serve\n"
 	"  -o, --output FORMAT   text (default) or json: the result on stdout at the end\n"
+	"\n"
+	"options of serve (it runs until SIGINT or SIGTERM; running commands are then\n"
+	"killed):\n"
+	"  --warm N              sandboxes kept ready (default 2, at most 64; 0: none)\n"
+	"  --rootfs, --net, --hostname, --cpus, --memory, --pids, --disk\n"
+	"                        the shape of the first warm sandboxes (default: host root,\n"
+	"                        no network, no limits); afterwards the shape of the last\n"
+	"                        request. A request of another shape gets a sandbox made\n"
+	"                        for it.\n"
+	"  --state-dir, --cgroup-parent, --cgroup-root, --init   as for run\n"
+	"  --log-level LEVEL     error, warn, info (default) or debug\n"
+	"\n"
+	"status prints what the server of the state dir holds (exit 1 if none runs);\n"
+	"with --wait DURATION it first waits until the server is settled: its warm\n"
+	"sandboxes ready, no teardown pending, nothing running.\n"
 	"\n"
 	"exit codes: CMD's exit code, or 128+N if a signal N killed it; 124 timed out;\n"
 	"125 the sandbox could not be set up; 126 CMD not executable; 127 CMD not found;\n"
@@ -75,6 +101,7 @@ struct run_opts {
 	gid_t gid;
 	uint64_t timeout_ms;
 	bool json;
+	bool local; /* --local */
 };
 
 static int parse_user(const char *s, uid_t *uid, gid_t *gid)
@@ -109,6 +136,55 @@ static bool env_has(char **env, size_t n, const char *key)
 /* Prints a usage error; returns -2 (parse_run: < 0 means "exit now"). */
 #define usage(cmd, ...) ((void)cli_usage_error(cmd, __VA_ARGS__), -2)
 
+/*
+ * The options that make a sandbox's shape (run and serve share them):
+ * 0 if c was one and is set in cfg, -2 after a usage error.
+ */
+static int shape_opt(int c, const char *arg, struct sandbox_config *cfg, const char *cmd)
+{
+	int64_t v;
+	switch (c) {
+		case 'H':
+			cfg->hostname = arg;
+			return 0;
+		case 'n':
+			if (streq(arg, "none"))
+				cfg->net = SANDBOX_NET_NONE;
+			else if (streq(arg, "host"))
+				cfg->net = SANDBOX_NET_HOST;
+			else
+				return usage(cmd, "--net '%s': use none or host", arg);
+			return 0;
+		case 'c':
+			if (sandbox_cpus_parse(arg, &cfg->limits.cpu_millis) < 0)
+				return usage(cmd,
+						       "--cpus '%s': expected a number of CPUs like 1.5 "
+						       "or 500m (0.01 to 1024)",
+						       arg);
+			return 0;
+		case 'm':
+			if (parse_size(arg, &cfg->limits.memory_bytes) < 0 ||
+			    cfg->limits.memory_bytes < (4 << 20))
+				return usage(cmd, "--memory '%s': expected a size like 512Mi "
+							    "(at least 4Mi)",
+						       arg);
+			return 0;
+		case 'p':
+			if (parse_int64(arg, 2, 4194304, &v) < 0)
+				return usage(cmd, "--pids '%s': expected 2 to 4194304", arg);
+			cfg->limits.pids = (uint32_t)v;
+			return 0;
+		case 'd':
+			if (parse_size(arg, &cfg->limits.disk_bytes) < 0 ||
+			    cfg->limits.disk_bytes < (1 << 20))
+				return usage(cmd, "--disk '%s': expected a size like 2Gi (at "
+							    "least 1Mi)",
+						       arg);
+			return 0;
+	}
+	return 0;
+}
+
 static int parse_run(int argc, char **argv, struct run_opts *o)
 {
 	static const struct option opts[] = {
@@ -131,6 +207,7 @@ static int parse_run(int argc, char **argv, struct run_opts *o)
 		{"cgroup-root", required_argument, NULL, 'G'},
 		{"init", required_argument, NULL, 'i'},
 		{"output", required_argument, NULL, 'o'},
+		{"local", no_argument, NULL, 'L'},
 		{"help", no_argument, NULL, 'h'},
 		{0},
 	};
@@ -139,7 +216,6 @@ static int parse_run(int argc, char **argv, struct run_opts *o)
 	opterr = 0;
 	while ((c = getopt_long(argc, argv, "+o:h", opts, NULL)) != -1) {
 		struct kiln_err err = {0};
-		int64_t v;
 		switch (c) {
 		case 'h':
 			fputs(cmd_sandbox_help, stdout);
@@ -187,41 +263,13 @@ static int parse_run(int argc, char **argv, struct run_opts *o)
 						       optarg);
 			break;
 		case 'H':
-			o->cfg.hostname = optarg;
-			break;
 		case 'n':
-			if (streq(optarg, "none"))
-				o->cfg.net = SANDBOX_NET_NONE;
-			else if (streq(optarg, "host"))
-				o->cfg.net = SANDBOX_NET_HOST;
-			else
-				return usage(cmd, "--net '%s': use none or host", optarg);
-			break;
 		case 'c':
-			if (sandbox_cpus_parse(optarg, &o->cfg.limits.cpu_millis) < 0)
-				return usage(cmd,
-						       "--cpus '%s': expected a number of CPUs like 1.5 "
-						       "or 500m (0.01 to 1024)",
-						       optarg);
-			break;
 		case 'm':
-			if (parse_size(optarg, &o->cfg.limits.memory_bytes) < 0 ||
-			    o->cfg.limits.memory_bytes < (4 << 20))
-				return usage(cmd, "--memory '%s': expected a size like 512Mi "
-							    "(at least 4Mi)",
-						       optarg);
-			break;
 		case 'p':
-			if (parse_int64(optarg, 2, 4194304, &v) < 0)
-				return usage(cmd, "--pids '%s': expected 2 to 4194304", optarg);
-			o->cfg.limits.pids = (uint32_t)v;
-			break;
 		case 'd':
-			if (parse_size(optarg, &o->cfg.limits.disk_bytes) < 0 ||
-			    o->cfg.limits.disk_bytes < (1 << 20))
-				return usage(cmd, "--disk '%s': expected a size like 2Gi (at "
-							    "least 1Mi)",
-						       optarg);
+			if (shape_opt(c, optarg, &o->cfg, cmd) < 0)
+				return -2;
 			break;
 		case 't':
 			if (parse_duration_ms(optarg, &o->timeout_ms) < 0 || o->timeout_ms == 0)
@@ -231,6 +279,9 @@ static int parse_run(int argc, char **argv, struct run_opts *o)
 			break;
 		case 'k':
 			o->cfg.keep = true;
+			break;
+		case 'L':
+			o->local = true;
 			break;
 		case 's':
 			o->cfg.state_dir = optarg;
@@ -274,17 +325,7 @@ static void json_u64_or_null(struct buf *b, const char *key, bool have, uint64_t
 		buf_printf(b, ",\"%s\":null", key);
 }
 
-struct run_result {
-	const char *id;
-	struct sandbox_exit exit;
-	bool started, cancelled;
-	int cancel_signal;
-	uint64_t wall_ns;
-	struct sandbox_stats stats;
-	struct sandbox_info info;
-};
-
-static void print_json(const struct run_result *r)
+static void print_json(const struct sandbox_result *r, const char *upper, bool served)
 {
 	struct buf b = BUF_INIT;
 	const struct sandbox_exit *e = &r->exit;
@@ -302,28 +343,32 @@ static void print_json(const struct run_result *r)
 		   "\"wall_ms\":%.3f",
 		   r->started ? sandbox_exit_status(e) : EXIT_SETUP, e->oom_killed ? "true" : "false",
 		   e->timed_out ? "true" : "false", r->cancelled ? "true" : "false",
-		   (double)r->wall_ns / 1e6);
+		   (double)e->wall_ns / 1e6);
 	/* cpu: the whole sandbox from the cgroup where there is one. */
-	uint64_t cu = r->stats.have_cpu ? r->stats.cpu_user_ns : e->cpu_user_ns;
-	uint64_t cs = r->stats.have_cpu ? r->stats.cpu_system_ns : e->cpu_system_ns;
+	const struct sandbox_stats *st = &r->stats;
+	bool cg_cpu = r->have_stats && st->have_cpu;
+	uint64_t cu = cg_cpu ? st->cpu_user_ns : e->cpu_user_ns;
+	uint64_t cs = cg_cpu ? st->cpu_system_ns : e->cpu_system_ns;
 	buf_printf(&b, ",\"cpu_user_ms\":%.3f,\"cpu_system_ms\":%.3f", (double)cu / 1e6,
 		   (double)cs / 1e6);
-	json_u64_or_null(&b, "memory_peak_bytes", r->stats.have_memory, r->stats.memory_peak_bytes);
-	json_u64_or_null(&b, "pids_peak", r->stats.have_pids, r->stats.pids_peak);
-	json_u64_or_null(&b, "io_read_bytes", r->stats.have_io, r->stats.io_read_bytes);
-	json_u64_or_null(&b, "io_write_bytes", r->stats.have_io, r->stats.io_write_bytes);
-	json_u64_or_null(&b, "oom_kills", r->stats.have_memory, r->stats.oom_kills);
-	buf_printf(&b, ",\"cgroup\":\"%s\",\"rootless\":%s,\"idmap\":%s",
-		   r->info.cgroup ? sandbox_cgroup_layout_name(r->info.layout) : "none",
-		   r->info.rootless ? "true" : "false", r->info.idmap ? "true" : "false");
+	json_u64_or_null(&b, "memory_peak_bytes", r->have_stats && st->have_memory,
+			 st->memory_peak_bytes);
+	json_u64_or_null(&b, "pids_peak", r->have_stats && st->have_pids, st->pids_peak);
+	json_u64_or_null(&b, "io_read_bytes", r->have_stats && st->have_io, st->io_read_bytes);
+	json_u64_or_null(&b, "io_write_bytes", r->have_stats && st->have_io, st->io_write_bytes);
+	json_u64_or_null(&b, "oom_kills", r->have_stats && st->have_memory, st->oom_kills);
+	buf_printf(&b, ",\"cgroup\":\"%s\",\"rootless\":%s,\"idmap\":%s,\"served\":%s,\"warm\":%s",
+		   r->cgroup ? sandbox_cgroup_layout_name(r->layout) : "none",
+		   r->rootless ? "true" : "false", r->idmap ? "true" : "false",
+		   served ? "true" : "false", r->warm ? "true" : "false");
 	buf_puts(&b, ",\"upper_dir\":");
-	if (r->info.upper_dir)
-		buf_put_json_string(&b, r->info.upper_dir, strlen(r->info.upper_dir));
+	if (upper)
+		buf_put_json_string(&b, upper, strlen(upper));
 	else
 		buf_puts(&b, "null");
 	buf_puts(&b, ",\"warnings\":[");
-	if (r->info.warning)
-		buf_put_json_string(&b, r->info.warning, strlen(r->info.warning));
+	if (r->warning)
+		buf_put_json_string(&b, r->warning, strlen(r->warning));
 	buf_puts(&b, "]}\n");
 	fflush(stdout);
 	(void)write_all(STDOUT_FILENO, b.data, b.len);
@@ -332,7 +377,7 @@ static void print_json(const struct run_result *r)
 
 /* Waits for p, the timeout and the cancelling signals; fills r. */
 static void wait_run(struct sandbox *sb, struct sandbox_process *p, const struct run_opts *o,
-		     int sfd, struct run_result *r)
+		     int sfd, struct sandbox_result *r)
 {
 	uint64_t start = now_mono_ns();
 	uint64_t deadline = o->timeout_ms ? start + o->timeout_ms * NSEC_PER_MSEC : 0;
@@ -369,13 +414,134 @@ static void wait_run(struct sandbox *sb, struct sandbox_process *p, const struct
 			break;
 		}
 	}
-	r->wall_ns = r->exit.wall_ns && !r->exit.lost ? r->exit.wall_ns : now_mono_ns() - start;
+	if (!r->exit.wall_ns || r->exit.lost)
+		r->exit.wall_ns = now_mono_ns() - start;
+}
+
+/* Runs the command in a sandbox of this process; *upper: the kept layer. */
+static void run_local(const struct run_opts *o, char **argv, int sfd, struct sandbox_result *r,
+		      char **upper)
+{
+	struct kiln_err err = {0};
+	struct sandbox *sb = NULL;
+	if (sandbox_create(&o->cfg, &sb, &err) < 0) {
+		r->setup_failed = true;
+		r->err_code = err.code;
+		r->err_msg = xstrdup(err.msg);
+		return;
+	}
+	struct sandbox_info info;
+	sandbox_info(sb, &info);
+	snprintf(r->id, sizeof(r->id), "%s", info.id);
+	r->cgroup = info.cgroup;
+	r->layout = info.layout;
+	r->rootless = info.rootless;
+	r->idmap = info.idmap;
+	/* sandbox_destroy() frees what info points to. */
+	r->warning = info.warning ? xstrdup(info.warning) : NULL;
+	*upper = info.upper_dir ? xstrdup(info.upper_dir) : NULL;
+
+	struct sandbox_exec ex = {.argv = argv, .envp = o->env, .cwd = o->cwd,
+				  .stdin_fd = STDIN_FILENO, .stdout_fd = STDOUT_FILENO,
+				  .stderr_fd = STDERR_FILENO, .uid = o->uid, .gid = o->gid};
+	struct sandbox_process *p = NULL;
+	int er = sandbox_exec(sb, &ex, &p, &err);
+	if (er >= 0) {
+		r->started = true;
+		wait_run(sb, p, o, sfd, r);
+		sandbox_process_free(p);
+	} else {
+		r->err_code = er;
+		r->err_msg = xstrdup(err.msg);
+	}
+	/* The final accounting is only shown with -o json (reading it costs
+	 * a dozen cgroup files). */
+	int dr = sandbox_destroy(sb, o->json ? &r->stats : NULL);
+	r->have_stats = o->json;
+	if (dr < 0)
+		log_warn("sandbox teardown incomplete (the next run cleans up) id=%s error=\"%s\"",
+			 r->id, strerror(-dr));
+}
+
+/* Whether the options leave the run to a server (see the help text). */
+static bool servable(const struct run_opts *o)
+{
+	const struct sandbox_config *c = &o->cfg;
+	return !o->local && !c->workspace && !c->n_binds && !c->keep && !c->cgroup_parent &&
+	       !c->cgroup_root && !c->init_path;
+}
+
+static int send_cancel(int sock, int sig)
+{
+	char msg[32];
+	int n = snprintf(msg, sizeof(msg), "{\"cancel\":%d}", sig);
+	return sandbox_frame_send(sock, msg, (size_t)n, NULL, 0);
+}
+
+/* Hands the command to the server on sock and waits for its result. */
+static void run_remote(int sock, const struct run_opts *o, char **argv, int sfd,
+		       struct sandbox_result *r)
+{
+	struct sandbox_request req = {.cfg = o->cfg, .argv = argv, .envp = o->env, .cwd = o->cwd,
+				      .uid = o->uid, .gid = o->gid, .timeout_ms = o->timeout_ms,
+				      .want_stats = o->json};
+	int fds[3];
+	size_t nfds = 0;
+	for (int fd = 0; fd < 3; fd++)
+		if (fcntl(fd, F_GETFD) >= 0) {
+			req.stdio |= 1u << fd;
+			fds[nfds++] = fd;
+		}
+	struct buf b = BUF_INIT;
+	struct kiln_err err = {0};
+	sandbox_request_encode(&req, &b);
+	int rr = sandbox_frame_send(sock, b.data, b.len, fds, nfds);
+	if (rr < 0) {
+		kiln_err_set(&err, rr, "sending the command to kiln sandbox serve: %s", strerror(-rr));
+		goto fail;
+	}
+	for (;;) {
+		struct pollfd pfd[2] = {{.fd = sock, .events = POLLIN}, {.fd = sfd, .events = POLLIN}};
+		int n = poll(pfd, sfd >= 0 ? 2 : 1, -1);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0) {
+			kiln_err_set(&err, -errno, "poll: %s", strerror(errno));
+			goto fail;
+		}
+		if (sfd >= 0 && pfd[1].revents) {
+			struct signalfd_siginfo si;
+			if (read(sfd, &si, sizeof(si)) == (ssize_t)sizeof(si))
+				(void)send_cancel(sock, (int)si.ssi_signo);
+		}
+		if (pfd[0].revents) {
+			size_t nf;
+			rr = sandbox_frame_recv(sock, &b, NULL, 0, &nf);
+			if (rr <= 0) {
+				kiln_err_set(&err, rr ? rr : -ECONNRESET,
+					     "kiln sandbox serve closed the connection without a result");
+				goto fail;
+			}
+			if (sandbox_result_decode(b.data, b.len, r, &err) < 0) {
+				kiln_err_prefix(&err, "the result from kiln sandbox serve");
+				goto fail;
+			}
+			break;
+		}
+	}
+	buf_release(&b);
+	return;
+fail:
+	buf_release(&b);
+	*r = (struct sandbox_result){.exit = {.exit_code = -1}, .setup_failed = true,
+				     .err_code = err.code, .err_msg = xstrdup(err.msg)};
 }
 
 static int run_main(int argc, char **argv)
 {
 	struct run_opts o = {.cfg = {.net = SANDBOX_NET_NONE}};
-	char *warning = NULL, *upper = NULL; /* copies of what sandbox_info() gave */
+	struct sandbox_result r = {.exit = {.exit_code = -1}};
+	char *upper = NULL;
 	int first = parse_run(argc, argv, &o);
 	int ret;
 	if (first < 0) {
@@ -405,51 +571,31 @@ static int run_main(int argc, char **argv)
 	pthread_sigmask(SIG_BLOCK, &mask, &oldmask);
 	int sfd = signalfd(-1, &mask, SFD_CLOEXEC);
 
-	struct kiln_err err = {0};
-	struct sandbox *sb = NULL;
-	if (sandbox_create(&o.cfg, &sb, &err) < 0) {
-		cli_fail(cmd, "%s", err.msg);
+	int sock = servable(&o) ? sandbox_remote_connect(o.cfg.state_dir) : -1;
+	bool served = sock >= 0;
+	if (sock >= 0) {
+		run_remote(sock, &o, argv + first, sfd, &r);
+		close(sock);
+	} else {
+		run_local(&o, argv + first, sfd, &r, &upper);
+	}
+
+	if (r.setup_failed) {
+		cli_fail(cmd, "%s", r.err_msg ? r.err_msg : "the sandbox could not be set up");
 		ret = EXIT_SETUP;
 		goto out_sig;
 	}
-	struct run_result r = {.exit = {.exit_code = -1}};
-	sandbox_info(sb, &r.info);
-	char id[17];
-	snprintf(id, sizeof(id), "%s", r.info.id);
-	r.id = id;
-
-	struct sandbox_exec ex = {.argv = argv + first, .envp = o.env, .cwd = o.cwd,
-				  .stdin_fd = STDIN_FILENO, .stdout_fd = STDOUT_FILENO,
-				  .stderr_fd = STDERR_FILENO, .uid = o.uid, .gid = o.gid};
-	struct sandbox_process *p = NULL;
-	int er = sandbox_exec(sb, &ex, &p, &err);
-	if (er >= 0) {
-		r.started = true;
-		wait_run(sb, p, &o, sfd, &r);
-		sandbox_process_free(p);
-	}
-	/* sandbox_destroy() frees what info points to. */
-	warning = r.info.warning ? xstrdup(r.info.warning) : NULL;
-	upper = r.info.upper_dir ? xstrdup(r.info.upper_dir) : NULL;
-	/* The final accounting is only shown with -o json (reading it costs
-	 * a dozen cgroup files). */
-	int dr = sandbox_destroy(sb, o.json ? &r.stats : NULL);
-	r.info.warning = warning;
-	r.info.upper_dir = upper;
-	if (dr < 0)
-		log_warn("sandbox teardown incomplete (the next run cleans up) id=%s error=\"%s\"", id,
-			 strerror(-dr));
-
-	if (er < 0) {
-		cli_fail(cmd, "%s", err.msg);
+	if (!r.started) {
+		int er = r.err_code;
+		cli_fail(cmd, "%s", r.err_msg ? r.err_msg : strerror(-er));
 		ret = er == -ENOENT ? EXIT_NOTFOUND : er == -EACCES || er == -ENOEXEC ? EXIT_NOEXEC
 										 : EXIT_SETUP;
 		if (o.json)
-			print_json(&r);
+			print_json(&r, upper, served);
 		goto out_sig;
 	}
 	if (o.json)
-		print_json(&r);
+		print_json(&r, upper, served);
 	if (r.exit.timed_out) {
 		char d[32];
 		format_duration_ms(o.timeout_ms, d);
@@ -459,7 +605,7 @@ static int run_main(int argc, char **argv)
 	} else if (r.cancelled) {
 		if (!o.json)
 			cli_fail(cmd, "interrupted by SIG%s; the sandbox was killed",
-				 sigabbrev_np(r.cancel_signal));
+				 sigabbrev_np(r.cancel_signal) ? sigabbrev_np(r.cancel_signal) : "?");
 		ret = 128 + r.cancel_signal;
 	} else {
 		if (r.exit.oom_killed && !o.json)
@@ -471,7 +617,7 @@ out_sig:
 		close(sfd);
 	pthread_sigmask(SIG_SETMASK, &oldmask, NULL);
 out:
-	free(warning);
+	sandbox_result_free(&r);
 	free(upper);
 	for (size_t i = 0; i < o.cfg.n_binds; i++)
 		free(o.bind_copies[i]);
@@ -479,6 +625,195 @@ out:
 		free(o.env[i]);
 	free(o.env);
 	return ret;
+}
+
+/* ---- serve ------------------------------------------------------------------ */
+
+static void serve_ready(const char *path, void *arg)
+{
+	const struct sandbox_server_config *c = arg;
+	char b[256];
+	log_info("kiln sandbox serve listening socket=%s warm=%u", log_field(path, b, sizeof(b)),
+		 c->warm);
+}
+
+static int serve_main(int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{"warm", required_argument, NULL, 'W'},
+		{"rootfs", required_argument, NULL, 'r'},
+		{"hostname", required_argument, NULL, 'H'},
+		{"net", required_argument, NULL, 'n'},
+		{"cpus", required_argument, NULL, 'c'},
+		{"memory", required_argument, NULL, 'm'},
+		{"pids", required_argument, NULL, 'p'},
+		{"disk", required_argument, NULL, 'd'},
+		{"state-dir", required_argument, NULL, 's'},
+		{"cgroup-parent", required_argument, NULL, 'g'},
+		{"cgroup-root", required_argument, NULL, 'G'},
+		{"init", required_argument, NULL, 'i'},
+		{"log-level", required_argument, NULL, 'l'},
+		{"help", no_argument, NULL, 'h'},
+		{0},
+	};
+	const char *cmd = "sandbox serve";
+	struct sandbox_server_config cfg = {.warm = 2, .shape = {.net = SANDBOX_NET_NONE}};
+	int c;
+	opterr = 0;
+	while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+		int64_t v;
+		enum log_level lvl;
+		switch (c) {
+		case 'h':
+			fputs(cmd_sandbox_help, stdout);
+			return EXIT_OK;
+		case 'W':
+			if (parse_int64(optarg, 0, 64, &v) < 0)
+				return cli_usage_error(cmd, "--warm '%s': expected 0 to 64", optarg);
+			cfg.warm = (unsigned)v;
+			break;
+		case 'r':
+			cfg.shape.rootfs = optarg;
+			break;
+		case 'H':
+		case 'n':
+		case 'c':
+		case 'm':
+		case 'p':
+		case 'd':
+			if (shape_opt(c, optarg, &cfg.shape, cmd) < 0)
+				return EXIT_USAGE;
+			break;
+		case 's':
+			cfg.state_dir = optarg;
+			break;
+		case 'g':
+			cfg.cgroup_parent = optarg;
+			break;
+		case 'G':
+			cfg.cgroup_root = optarg;
+			break;
+		case 'i':
+			cfg.init_path = optarg;
+			break;
+		case 'l':
+			if (log_level_from_string(optarg, &lvl) < 0)
+				return cli_usage_error(cmd, "--log-level '%s': use error, warn, info or "
+							    "debug",
+						       optarg);
+			log_set_level(lvl);
+			break;
+		default:
+			if (optopt)
+				return cli_usage_error(cmd, "option '%s' needs a value or is unknown",
+						       argv[optind - 1]);
+			return cli_usage_error(cmd, "unknown option '%s'", argv[optind - 1]);
+		}
+	}
+	if (optind < argc)
+		return cli_usage_error(cmd, "unexpected argument '%s'", argv[optind]);
+	if (cfg.shape.rootfs && !streq(cfg.shape.rootfs, "host") && cfg.shape.rootfs[0] != '/')
+		return cli_usage_error(cmd, "--rootfs '%s' must be host or an absolute path",
+				       cfg.shape.rootfs);
+	sigset_t mask, oldmask;
+	sigemptyset(&mask);
+	sigaddset(&mask, SIGINT);
+	sigaddset(&mask, SIGTERM);
+	sigaddset(&mask, SIGPIPE);
+	pthread_sigmask(SIG_BLOCK, &mask, &oldmask);
+	sigdelset(&mask, SIGPIPE);
+	int sfd = signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK);
+	if (sfd < 0)
+		return cli_fail(cmd, "signalfd: %s", strerror(errno));
+	struct kiln_err err = {0};
+	int r = sandbox_serve(&cfg, sfd, serve_ready, &cfg, &err);
+	/* Take the signal that stopped us, or unblocking would deliver it. */
+	struct signalfd_siginfo si;
+	while (read(sfd, &si, sizeof(si)) == (ssize_t)sizeof(si))
+		;
+	close(sfd);
+	pthread_sigmask(SIG_SETMASK, &oldmask, NULL);
+	if (r < 0)
+		return cli_fail(cmd, "%s", err.msg);
+	log_info("kiln sandbox serve stopped");
+	return EXIT_OK;
+}
+
+/* ---- status ----------------------------------------------------------------- */
+
+static int status_main(int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{"state-dir", required_argument, NULL, 's'},
+		{"output", required_argument, NULL, 'o'},
+		{"wait", required_argument, NULL, 'w'},
+		{"help", no_argument, NULL, 'h'},
+		{0},
+	};
+	const char *cmd = "sandbox status", *dir = NULL;
+	bool json = false;
+	uint64_t wait_ms = 0;
+	int c;
+	opterr = 0;
+	while ((c = getopt_long(argc, argv, "o:h", opts, NULL)) != -1) {
+		switch (c) {
+		case 'h':
+			fputs(cmd_sandbox_help, stdout);
+			return EXIT_OK;
+		case 's':
+			dir = optarg;
+			break;
+		case 'o':
+			if (!streq(optarg, "json") && !streq(optarg, "text"))
+				return cli_usage_error(cmd, "-o '%s': use text or json", optarg);
+			json = streq(optarg, "json");
+			break;
+		case 'w':
+			if (parse_duration_ms(optarg, &wait_ms) < 0 || wait_ms == 0)
+				return cli_usage_error(cmd, "--wait '%s': expected a duration like 10s",
+						       optarg);
+			break;
+		default:
+			if (optopt)
+				return cli_usage_error(cmd, "option '%s' needs a value or is unknown",
+						       argv[optind - 1]);
+			return cli_usage_error(cmd, "unknown option '%s'", argv[optind - 1]);
+		}
+	}
+	if (optind < argc)
+		return cli_usage_error(cmd, "unexpected argument '%s'", argv[optind]);
+	uint64_t deadline = now_mono_ns() + wait_ms * NSEC_PER_MSEC;
+	struct sandbox_server_status st;
+	for (;;) {
+		int sock = sandbox_remote_connect(dir);
+		if (sock < 0) {
+			_cleanup_free_ char *def = dir ? NULL : sandbox_default_state_dir();
+			return cli_fail(cmd, "no kiln sandbox serve runs for the state dir '%s' (%s)",
+					dir ? dir : def, strerror(-sock));
+		}
+		struct kiln_err err = {0};
+		int r = sandbox_remote_status(sock, &st, &err);
+		close(sock);
+		if (r < 0)
+			return cli_fail(cmd, "%s", err.msg);
+		bool settled = st.warm_ready >= st.warm_want && !st.teardowns && !st.active;
+		if (!wait_ms || settled)
+			break;
+		if (now_mono_ns() >= deadline)
+			return cli_fail(cmd, "the server did not settle within the --wait time "
+					     "(%u of %u warm, %u teardowns, %u running)",
+					st.warm_ready, st.warm_want, st.teardowns, st.active);
+		struct timespec ts = {0, 2 * 1000 * 1000};
+		nanosleep(&ts, NULL);
+	}
+	if (json)
+		printf("{\"warm_ready\":%u,\"warm_want\":%u,\"teardowns\":%u,\"running\":%u}\n",
+		       st.warm_ready, st.warm_want, st.teardowns, st.active);
+	else
+		printf("warm sandboxes   %u of %u ready\nteardowns        %u pending\n"
+		       "running          %u\n",
+		       st.warm_ready, st.warm_want, st.teardowns, st.active);
+	return EXIT_OK;
 }
 
 /* ---- probe, cleanup --------------------------------------------------------- */
@@ -589,17 +924,21 @@ static int cleanup_main(int argc, char **argv)
 int cmd_sandbox(int argc, char **argv)
 {
 	if (argc < 2)
-		return cli_usage_error("sandbox", "expected a subcommand: run, probe or cleanup");
+		return cli_usage_error("sandbox", "expected a subcommand: run, serve, status, probe or cleanup");
 	if (cli_is_help(argv[1])) {
 		fputs(cmd_sandbox_help, stdout);
 		return EXIT_OK;
 	}
 	if (streq(argv[1], "run"))
 		return run_main(argc - 1, argv + 1);
+	if (streq(argv[1], "serve"))
+		return serve_main(argc - 1, argv + 1);
+	if (streq(argv[1], "status"))
+		return status_main(argc - 1, argv + 1);
 	if (streq(argv[1], "probe"))
 		return probe_main(argc - 1, argv + 1);
 	if (streq(argv[1], "cleanup"))
 		return cleanup_main(argc - 1, argv + 1);
-	return cli_usage_error("sandbox", "unknown subcommand '%s' (use run, probe or cleanup)",
+	return cli_usage_error("sandbox", "unknown subcommand '%s' (use run, serve, status, probe or cleanup)",
 			       argv[1]);
 }

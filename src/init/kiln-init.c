@@ -128,6 +128,7 @@ struct proc {
 	int sock;  /* -1 once the parent dropped its handle */
 	uint64_t start_ns, deadline_ns;
 	bool timed_out;
+	bool sole; /* KILN_INIT_SOLE */
 };
 
 static struct proc procs[KILN_INIT_MAX_PROCS];
@@ -350,7 +351,8 @@ static void handle_exec(ssize_t len, const int *fds, size_t nfds, const sigset_t
 	if (pidfd >= 0)
 		close(pidfd);
 	procs[slot] = (struct proc){.pid = pid, .sock = sock, .start_ns = start,
-				    .deadline_ns = req.timeout_ms ? start + req.timeout_ms * 1000000ULL : 0};
+				    .deadline_ns = req.timeout_ms ? start + req.timeout_ms * 1000000ULL : 0,
+				    .sole = (req.flags & KILN_INIT_SOLE) != 0};
 	sock = -1; /* owned by the slot */
 	goto done;
 bad:
@@ -365,6 +367,59 @@ done:
 		close(fds[i]);
 }
 
+static void send_exited(struct proc *p, int st, const struct rusage *ru)
+{
+	struct kiln_init_exited ex = {
+		.type = KILN_INIT_EXITED,
+		.status = st,
+		.timed_out = p->timed_out,
+		.wall_ns = now_ns() - p->start_ns,
+		.utime_ns = (uint64_t)ru->ru_utime.tv_sec * 1000000000ULL +
+			    (uint64_t)ru->ru_utime.tv_usec * 1000ULL,
+		.stime_ns = (uint64_t)ru->ru_stime.tv_sec * 1000000000ULL +
+			    (uint64_t)ru->ru_stime.tv_usec * 1000ULL,
+		.maxrss_kb = (uint64_t)ru->ru_maxrss,
+	};
+	send_msg(p->sock, &ex, sizeof(ex), -1);
+	if (p->sock >= 0)
+		close(p->sock);
+	*p = (struct proc){0};
+}
+
+static struct proc *proc_of(pid_t pid)
+{
+	for (size_t i = 0; i < KILN_INIT_MAX_PROCS; i++)
+		if (procs[i].pid == pid)
+			return &procs[i];
+	return NULL;
+}
+
+/*
+ * A KILN_INIT_SOLE process exited: kill everything else in the pid
+ * namespace (daemons it left, other processes) and reap it all, then report
+ * it. Only as PID 1, where kill(-1) reaches the whole namespace and every
+ * process in it is our descendant, so that ECHILD means none is left.
+ */
+static void drain(struct proc *sole, int st, const struct rusage *ru)
+{
+	if (getpid() == 1) {
+		(void)kill(-1, SIGKILL);
+		for (;;) {
+			int ost;
+			struct rusage oru;
+			pid_t pid = wait4(-1, &ost, 0, &oru);
+			if (pid < 0 && errno == EINTR)
+				continue;
+			if (pid < 0)
+				break;
+			struct proc *p = proc_of(pid);
+			if (p)
+				send_exited(p, ost, &oru);
+		}
+	}
+	send_exited(sole, st, ru);
+}
+
 static void reap(void)
 {
 	for (;;) {
@@ -373,27 +428,11 @@ static void reap(void)
 		pid_t pid = wait4(-1, &st, WNOHANG, &ru);
 		if (pid <= 0)
 			return;
-		for (size_t i = 0; i < KILN_INIT_MAX_PROCS; i++) {
-			struct proc *p = &procs[i];
-			if (p->pid != pid)
-				continue;
-			struct kiln_init_exited ex = {
-				.type = KILN_INIT_EXITED,
-				.status = st,
-				.timed_out = p->timed_out,
-				.wall_ns = now_ns() - p->start_ns,
-				.utime_ns = (uint64_t)ru.ru_utime.tv_sec * 1000000000ULL +
-					    (uint64_t)ru.ru_utime.tv_usec * 1000ULL,
-				.stime_ns = (uint64_t)ru.ru_stime.tv_sec * 1000000000ULL +
-					    (uint64_t)ru.ru_stime.tv_usec * 1000ULL,
-				.maxrss_kb = (uint64_t)ru.ru_maxrss,
-			};
-			send_msg(p->sock, &ex, sizeof(ex), -1);
-			if (p->sock >= 0)
-				close(p->sock);
-			*p = (struct proc){0};
-			break;
-		}
+		struct proc *p = proc_of(pid);
+		if (p && p->sole)
+			drain(p, st, &ru);
+		else if (p)
+			send_exited(p, st, &ru);
 	}
 }
 

@@ -48,6 +48,10 @@ enum {
 	KILN_INIT_HAS_STDIN = 1 << 0,
 	KILN_INIT_HAS_STDOUT = 1 << 1,
 	KILN_INIT_HAS_STDERR = 1 << 2,
+	/* When this process exits, kill every other process of the pid
+	 * namespace and reap them all before sending its EXITED: the EXITED
+	 * then also says that nothing else runs in the sandbox. */
+	KILN_INIT_SOLE = 1 << 3,
 };
 
 struct kiln_init_exec {

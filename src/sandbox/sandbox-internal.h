@@ -141,9 +141,6 @@ extern const size_t sandbox_kept_caps_count;
 
 /* ---- state directory (state.c) -------------------------------------------- */
 
-/* Resolves the default state dir for this process into a new string. */
-char *sandbox_state_dir_default(void);
-
 struct state_entry {
 	int fd;       /* our own open file description of <state>/sandboxes */
 	uint32_t slot; /* the slot we hold the OFD lock of */

@@ -1010,7 +1010,7 @@ int sandbox_create(const struct sandbox_config *cfg, struct sandbox **ret, struc
 	struct sb_plan *plan = xcalloc(1, sizeof(*plan));
 	plan->mounts = NULL;
 	plan->trace = sb_trace_child_page(&tr);
-	_cleanup_free_ char *state_default = cfg->state_dir ? NULL : sandbox_state_dir_default();
+	_cleanup_free_ char *state_default = cfg->state_dir ? NULL : sandbox_default_state_dir();
 	const char *state_dir = cfg->state_dir ? cfg->state_dir : state_default;
 	int r = build_plan(cfg, plan, err);
 	if (r < 0)
@@ -1268,6 +1268,8 @@ int sandbox_exec(struct sandbox *sb, const struct sandbox_exec *ex, struct sandb
 		req.flags |= KILN_INIT_HAS_STDOUT, fds[nfds++] = ex->stdout_fd;
 	if (ex->stderr_fd >= 0)
 		req.flags |= KILN_INIT_HAS_STDERR, fds[nfds++] = ex->stderr_fd;
+	if (ex->sole)
+		req.flags |= KILN_INIT_SOLE;
 	memcpy(b.data, &req, sizeof(req));
 
 	struct sb_trace tr;

@@ -200,6 +200,9 @@ int sandbox_destroy(struct sandbox *sb, struct sandbox_stats *ret_stats);
  */
 int sandbox_cleanup_leftovers(const char *state_dir, const char *cgroup_root);
 
+/* The default state dir (cfg.state_dir NULL); the caller frees it. */
+char *sandbox_default_state_dir(void);
+
 /* ---- processes inside a sandbox ------------------------------------------ */
 
 #define SANDBOX_EXEC_MAX_BYTES (192 * 1024) /* argv + env + cwd, all strings */
@@ -214,6 +217,11 @@ struct sandbox_exec {
 	uint64_t timeout_ms; /* 0: none; on expiry the process group gets SIGKILL */
 	uid_t uid;           /* inside the sandbox; 0 is root (with the kept capabilities) */
 	gid_t gid;
+	/* The sandbox's last process: when it exits, every other process in
+	 * the sandbox is killed and reaped before its exit is reported, so a
+	 * reported exit means nothing of it still runs (daemons it left
+	 * included). kiln-init stays; sandbox_destroy() is still needed. */
+	bool sole;
 };
 
 #define SANDBOX_EXEC_INIT {.stdin_fd = -1, .stdout_fd = -1, .stderr_fd = -1}

@@ -35,7 +35,7 @@
 #define SLOT_SIZE 4096
 #define MAX_SLOTS 65536
 
-char *sandbox_state_dir_default(void)
+char *sandbox_default_state_dir(void)
 {
 	if (geteuid() == 0)
 		return xstrdup("/var/lib/kiln/sandbox");
@@ -179,7 +179,7 @@ zero:;
 
 int sandbox_cleanup_leftovers(const char *state_dir, const char *cgroup_root)
 {
-	_cleanup_free_ char *def = state_dir ? NULL : sandbox_state_dir_default();
+	_cleanup_free_ char *def = state_dir ? NULL : sandbox_default_state_dir();
 	if (!state_dir)
 		state_dir = def;
 	_cleanup_free_ char *path = path_join(state_dir, STATE_FILE);

@@ -6,7 +6,10 @@
  */
 #include "tap.h"
 
+#include "sandbox/remote.h"
 #include "sandbox/sandbox-internal.h"
+
+#include <fcntl.h>
 
 #include <linux/sched.h>
 #include <sys/ioctl.h>
@@ -393,6 +396,141 @@ TEST(kept_caps_are_few)
 		CHECK(c != 21 && c != 19 && c != 16 && c != 12 && c != 17 && c != 25);
 	}
 	CHECK(sandbox_kept_caps_count <= 10);
+}
+
+/* ---- remote: the kiln sandbox serve wire format ----------------------------- */
+
+TEST(remote_request_round_trip)
+{
+	char a0[] = "/bin/sh", a1[] = "-c", a2[] = "echo \"hi\"\n\x01", e0[] = "PATH=/bin";
+	char *argv[] = {a0, a1, a2, NULL}, *envp[] = {e0, NULL};
+	struct sandbox_request in = {
+		.cfg = {.rootfs = "/srv/root fs", .net = SANDBOX_NET_HOST, .hostname = "h",
+			.limits = {.cpu_millis = 1500, .memory_bytes = 512 << 20, .pids = 64,
+				   .disk_bytes = 1 << 30}},
+		.argv = argv, .envp = envp, .cwd = "/tmp", .uid = 1000, .gid = 1001,
+		.timeout_ms = 30000, .want_stats = true, .stdio = 5};
+	struct buf b = BUF_INIT;
+	sandbox_request_encode(&in, &b);
+	struct sandbox_request out;
+	struct kiln_err err = {0};
+	CHECK_EQ(sandbox_request_decode(b.data, b.len, &out, &err), 0);
+	CHECK_STREQ(out.argv[2], a2);
+	CHECK(out.argv[3] == NULL);
+	CHECK_STREQ(out.envp[0], e0);
+	CHECK_STREQ(out.cwd, "/tmp");
+	CHECK_STREQ(out.cfg.rootfs, "/srv/root fs");
+	CHECK_STREQ(out.cfg.hostname, "h");
+	CHECK_EQ(out.cfg.net, SANDBOX_NET_HOST);
+	CHECK_EQ(out.cfg.limits.cpu_millis, 1500);
+	CHECK_EQ(out.cfg.limits.memory_bytes, 512u << 20);
+	CHECK_EQ(out.cfg.limits.pids, 64);
+	CHECK_EQ(out.cfg.limits.disk_bytes, 1u << 30);
+	CHECK_EQ(out.uid, 1000);
+	CHECK_EQ(out.gid, 1001);
+	CHECK_EQ(out.timeout_ms, 30000);
+	CHECK(out.want_stats);
+	CHECK_EQ(out.stdio, 5);
+	sandbox_request_free(&out);
+	buf_release(&b);
+}
+
+TEST(remote_request_rejects)
+{
+	static const struct {
+		const char *json, *msg;
+	} bad[] = {
+		{"[]", "not a JSON object"},
+		{"{\"v\":1}", "'argv' is missing"},
+		{"{\"v\":1,\"argv\":[\"\"]}", "'argv'[0] is empty"},
+		{"{\"v\":1,\"argv\":[1]}", "'argv'[0] must be a string"},
+		{"{\"v\":1,\"argv\":[\"a\\u0000b\"]}", "is not allowed"},
+		{"{\"v\":1,\"argv\":[\"true\"],\"net\":\"bridge\"}", "'net' must be none or host"},
+		{"{\"v\":1,\"argv\":[\"true\"],\"rootfs\":\"rel\"}", "'rootfs' must be host"},
+		{"{\"v\":1,\"argv\":[\"true\"],\"uid\":70000}", "'uid' must be an integer"},
+		{"{\"v\":1,\"argv\":[\"true\"],\"memory_bytes\":1024}", "below its minimum"},
+		{"{\"v\":1,\"argv\":[\"true\"],\"stats\":1}", "'stats' must be true or false"},
+		{"{\"v\":1,\"v\":1,\"argv\":[\"true\"]}", "duplicate"},
+	};
+	for (size_t i = 0; i < ARRAY_SIZE(bad); i++) {
+		struct sandbox_request r;
+		struct kiln_err err = {0};
+		CHECK(sandbox_request_decode(bad[i].json, strlen(bad[i].json), &r, &err) < 0);
+		if (!strstr(err.msg, bad[i].msg))
+			fprintf(stderr, "# %s: got \"%s\"\n", bad[i].json, err.msg);
+		CHECK(strstr(err.msg, bad[i].msg) != NULL);
+	}
+}
+
+TEST(remote_result_round_trip)
+{
+	struct sandbox_result in = {
+		.id = "0123456789abcdef", .started = true, .warm = true,
+		.exit = {.exit_code = -1, .signal = 9, .oom_killed = true, .wall_ns = 123456789,
+			 .cpu_user_ns = 5, .cpu_system_ns = 6, .maxrss_bytes = 7},
+		.cancelled = true, .cancel_signal = 15, .have_stats = true,
+		.stats = {.have_memory = true, .have_pids = true, .memory_peak_bytes = 1ULL << 40,
+			  .pids_peak = 3, .oom_kills = 1},
+		.cgroup = true, .layout = SANDBOX_CGROUP_HYBRID, .idmap = true,
+		.warning = (char[]){"degraded \"x\""}};
+	struct buf b = BUF_INIT;
+	sandbox_result_encode(&in, &b);
+	struct sandbox_result out;
+	struct kiln_err err = {0};
+	CHECK_EQ(sandbox_result_decode(b.data, b.len, &out, &err), 0);
+	CHECK_STREQ(out.id, in.id);
+	CHECK(out.started && out.warm && out.cancelled && out.have_stats && out.cgroup && out.idmap);
+	CHECK_EQ(out.exit.exit_code, -1);
+	CHECK_EQ(out.exit.signal, 9);
+	CHECK(out.exit.oom_killed);
+	CHECK_EQ(out.exit.wall_ns, 123456789);
+	CHECK_EQ(out.cancel_signal, 15);
+	CHECK(out.stats.have_memory && out.stats.have_pids && !out.stats.have_cpu);
+	CHECK_EQ(out.stats.memory_peak_bytes, 1ULL << 40);
+	CHECK_EQ(out.layout, SANDBOX_CGROUP_HYBRID);
+	CHECK_STREQ(out.warning, "degraded \"x\"");
+	CHECK(out.err_msg == NULL);
+	sandbox_result_free(&out);
+	buf_release(&b);
+}
+
+TEST(remote_frames)
+{
+	int sp[2];
+	CHECK_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sp), 0);
+	int devnull = open("/dev/null", O_RDONLY | O_CLOEXEC);
+	int fds[2] = {devnull, devnull};
+	CHECK_EQ(sandbox_frame_send(sp[0], "{\"a\":1}", 7, fds, 2), 0);
+	CHECK_EQ(sandbox_frame_send(sp[0], "{}", 2, NULL, 0), 0);
+	struct buf b = BUF_INIT;
+	int got[3];
+	size_t n = 0;
+	CHECK_EQ(sandbox_frame_recv(sp[1], &b, got, 3, &n), 1);
+	CHECK_EQ(n, 2);
+	CHECK_STREQ(b.data, "{\"a\":1}");
+	for (size_t i = 0; i < n; i++)
+		close(got[i]);
+	CHECK_EQ(sandbox_frame_recv(sp[1], &b, got, 3, &n), 1);
+	CHECK_EQ(n, 0);
+	CHECK_STREQ(b.data, "{}");
+	/* A length over the limit, then EOF inside a frame: -EPROTO; EOF: 0. */
+	uint32_t big = SANDBOX_REMOTE_MAX_FRAME + 1;
+	CHECK_EQ(write(sp[0], &big, sizeof(big)), (ssize_t)sizeof(big));
+	CHECK_EQ(sandbox_frame_recv(sp[1], &b, got, 3, &n), -EPROTO);
+	uint32_t len = 10;
+	CHECK_EQ(write(sp[0], &len, sizeof(len)), (ssize_t)sizeof(len));
+	CHECK_EQ(write(sp[0], "abc", 3), 3);
+	close(sp[0]);
+	CHECK_EQ(sandbox_frame_recv(sp[1], &b, got, 3, &n), -EPROTO);
+	CHECK_EQ(sandbox_frame_recv(sp[1], &b, got, 3, &n), 0);
+	CHECK_EQ(sandbox_frame_send(sp[1], "x", SANDBOX_REMOTE_MAX_FRAME + 1, NULL, 0), -EMSGSIZE);
+	close(sp[1]);
+	close(devnull);
+	buf_release(&b);
+	CHECK_EQ(sandbox_cancel_decode("{\"cancel\":15}", 13), 15);
+	CHECK(sandbox_cancel_decode("{\"cancel\":0}", 12) < 0);
+	CHECK(sandbox_status_is_request("{\"status\":true}", 15));
+	CHECK(!sandbox_status_is_request("{\"v\":1}", 7));
 }
 
 int main(void)

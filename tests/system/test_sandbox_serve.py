@@ -1,0 +1,285 @@
+"""`kiln sandbox serve` and `kiln sandbox run` handing commands to it: the same
+results, isolation and teardown as a run in the client's own process, warm
+sandboxes used when they fit, cancels and timeouts, a client or the server
+killed mid-run, and nothing left behind when the server stops.
+
+Each test starts its own server on its own state dir under the class's own
+cgroup parent, so the "nothing left" comparisons only see what it owns.
+"""
+import json
+import os
+import signal
+import subprocess
+import time
+import unittest
+
+import kilntest
+from kilntest import run
+from test_sandbox import SKIP, cgroup_mounts, live_slots, pids_with, tree, wait_gone
+
+
+@unittest.skipIf(SKIP, SKIP or "")
+class ServeTest(kilntest.TempDirTestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.cg_parent = f"/kiln-serve-test-{os.getpid()}"
+
+    @classmethod
+    def tearDownClass(cls):
+        for m in cgroup_mounts():
+            try:
+                os.rmdir(m + cls.cg_parent)
+            except OSError:
+                pass
+
+    def setUp(self):
+        super().setUp()
+        self.state = os.path.join(self.tmp, "state")
+        self.before = {m: tree(m) for m in cgroup_mounts()}
+        self.server = None
+        self.addCleanup(self.stop_server)
+
+    def start_server(self, *opts, warm=1):
+        self.server = subprocess.Popen(
+            [kilntest.KILN, "sandbox", "serve", "--state-dir", self.state,
+             "--cgroup-parent", self.cg_parent, "--warm", str(warm), *opts],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 60
+        while True:
+            r = self.status("--wait", "30s")
+            if r.returncode == 0:
+                return json.loads(r.stdout)
+            if self.server.poll() is not None:
+                self.fail("kiln sandbox serve exited: " + self.server.stderr.read())
+            self.assertLess(time.monotonic(), deadline, r.stderr)
+            time.sleep(0.05)
+
+    def stop_server(self):
+        if self.server and self.server.poll() is None:
+            self.server.send_signal(signal.SIGTERM)
+            self.assertEqual(self.server.wait(timeout=60), 0)
+        if self.server:
+            self.server.stderr.close()
+
+    def status(self, *opts):
+        return run(["sandbox", "status", "--state-dir", self.state, "-o", "json", *opts])
+
+    def sbx(self, cmd, *opts, timeout=120, **kw):
+        """`kiln sandbox run OPTS -o json -- CMD` on the test's state dir."""
+        r = run(["sandbox", "run", "--state-dir", self.state, "-o", "json", *opts, "--", *cmd],
+                timeout=timeout, **kw)
+        lines = r.stdout.splitlines()
+        self.assertTrue(lines and lines[-1].startswith("{"),
+                        f"no result: rc={r.returncode} stderr={r.stderr}")
+        return r, json.loads(lines[-1]), "\n".join(lines[:-1]) + ("\n" if lines[:-1] else "")
+
+    def assert_nothing_left(self):
+        self.assertEqual({m: tree(m) for m in cgroup_mounts()}, self.before)
+        self.assertEqual(live_slots(self.state), 0)
+        self.assertFalse(os.path.exists(os.path.join(self.state, "serve.sock")))
+
+    # ---- results -----------------------------------------------------------
+
+    def test_served_run_matches_a_local_run(self):
+        self.start_server()
+        cmd = ["sh", "-c", "read x; echo out $x $FOO $(id -u) $(pwd); echo err >&2; exit 3"]
+        opts = ["--env", "FOO=bar", "--user", "1000", "--cwd", "/tmp"]
+        r, res, out = self.sbx(cmd, *opts, input="in\n")
+        self.assertEqual(r.returncode, 3, r.stderr)
+        self.assertEqual(out, "out in bar 1000 /tmp\n")
+        self.assertEqual(r.stderr, "err\n")
+        self.assertTrue(res["served"])
+        self.assertTrue(res["warm"])
+        local, lres, lout = self.sbx(cmd, *opts, "--local", input="in\n")
+        self.assertFalse(lres["served"])
+        self.assertEqual((local.returncode, lout, local.stderr), (r.returncode, out, r.stderr))
+        for k in ("exit_code", "signal", "status", "oom_killed", "timed_out", "cancelled",
+                  "cgroup", "rootless", "idmap"):
+            self.assertEqual(res[k], lres[k], k)
+        self.assertGreater(res["memory_peak_bytes"], 0)
+        self.assertGreaterEqual(res["pids_peak"], 2)
+
+    def test_isolated_like_a_local_run(self):
+        # The command runs in the sandbox, not in the server's namespaces.
+        self.start_server()
+        r, res, out = self.sbx(["sh", "-c", "echo $$; hostname; ls /proc | grep -c '^[0-9]'; "
+                                "test ! -e /etc/shadow || echo shadow"])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        pid, host, nprocs = out.split()[:3]
+        self.assertEqual(pid, "2")  # kiln-init is 1
+        self.assertEqual(host, "sandbox")
+        self.assertLessEqual(int(nprocs), 4)
+        self.assertNotIn("shadow", out)
+        r, _, _ = self.sbx(["python3", "-c", "import socket; "
+                            "socket.create_connection(('1.1.1.1', 53), timeout=5)"],
+                           "--timeout", "20s")
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("unreachable", r.stderr)
+
+    def test_daemons_do_not_outlive_the_run(self):
+        self.start_server()
+        marker = "1234.5678"  # a sleep no one else runs
+        r, res, _ = self.sbx(["sh", "-c", f"setsid sleep {marker} & sleep {marker} & echo ok"])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        # The result came once nothing of the run was alive: no waiting here.
+        self.assertEqual(pids_with(f"sleep\0{marker}"), [])
+
+    def test_other_shapes_get_a_sandbox_of_their_own(self):
+        self.start_server("--memory", "256Mi")
+        _, res, _ = self.sbx(["true"], "--memory", "256Mi")
+        self.assertTrue(res["warm"])
+        r, res, _ = self.sbx(["sh", "-c", "cat /proc/self/cgroup >/dev/null"], "--memory", "64Mi")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertTrue(res["served"])
+        self.assertFalse(res["warm"])
+        # The pool follows the last shape.
+        self.status("--wait", "30s")
+        _, res, _ = self.sbx(["true"], "--memory", "64Mi")
+        self.assertTrue(res["warm"])
+
+    def test_limits_hold_in_served_runs(self):
+        self.start_server("--memory", "64Mi", "--pids", "32")
+        r, res, _ = self.sbx(["sh", "-c", "x=a; while true; do x=$x$x; done"],
+                             "--memory", "64Mi", "--pids", "32", timeout=120)
+        self.assertEqual(r.returncode, 137, r.stderr)
+        self.assertTrue(res["oom_killed"])
+
+    def test_options_that_need_the_clients_process_run_locally(self):
+        self.start_server()
+        ws = os.path.join(self.tmp, "ws")
+        os.makedirs(ws)
+        r, res, out = self.sbx(["sh", "-c", "pwd"], "--workspace", ws)
+        self.assertEqual(out, "/workspace\n")
+        self.assertFalse(res["served"])
+        _, res, _ = self.sbx(["true"], "--local")
+        self.assertFalse(res["served"])
+
+    def test_errors_reach_the_client(self):
+        self.start_server()
+        r = run(["sandbox", "run", "--state-dir", self.state, "--", "no-such-cmd-kiln"])
+        self.assertEqual(r.returncode, 127)
+        self.assertIn("command not found", r.stderr)
+        r = run(["sandbox", "run", "--state-dir", self.state, "--rootfs", "/nonexistent-kiln",
+                 "--", "true"])
+        self.assertEqual(r.returncode, 125)
+        self.assertIn("rootfs '/nonexistent-kiln'", r.stderr)
+
+    # ---- cancel, timeout, clients and servers going away ------------------
+
+    def test_timeout_kills_the_sandbox(self):
+        self.start_server()
+        r, res, _ = self.sbx(["sh", "-c", "sleep 3456.5 & sleep 3456.5"], "--timeout", "1s")
+        self.assertEqual(r.returncode, 124)
+        self.assertTrue(res["timed_out"])
+        self.assertTrue(wait_gone("3456.5"))
+
+    def test_signal_to_the_client_cancels(self):
+        self.start_server()
+        p = subprocess.Popen([kilntest.KILN, "sandbox", "run", "--state-dir", self.state, "--",
+                              "sh", "-c", "echo started; exec sleep 4567.5"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.assertEqual(p.stdout.readline(), "started\n")
+        p.send_signal(signal.SIGTERM)
+        out, err = p.communicate(timeout=60)
+        self.assertEqual(p.returncode, 143, err)
+        self.assertIn("interrupted by SIGTERM", err)
+        self.assertTrue(wait_gone("4567.5"))
+
+    def test_client_killed_mid_run_kills_the_sandbox(self):
+        self.start_server()
+        p = subprocess.Popen([kilntest.KILN, "sandbox", "run", "--state-dir", self.state, "--",
+                              "sh", "-c", "echo started; exec sleep 5678.5"],
+                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        self.assertEqual(p.stdout.readline(), "started\n")
+        p.kill()
+        p.wait(timeout=30)
+        p.stdout.close()
+        self.assertTrue(wait_gone("5678.5"))
+        # The server goes on serving.
+        r, res, _ = self.sbx(["true"])
+        self.assertEqual(r.returncode, 0, r.stderr)
+
+    def test_server_stop_cancels_runs_and_leaves_nothing(self):
+        self.start_server(warm=2)
+        p = subprocess.Popen([kilntest.KILN, "sandbox", "run", "--state-dir", self.state, "--",
+                              "sh", "-c", "echo started; exec sleep 6789.5"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.assertEqual(p.stdout.readline(), "started\n")
+        self.server.send_signal(signal.SIGTERM)
+        self.assertEqual(self.server.wait(timeout=60), 0)
+        out, err = p.communicate(timeout=60)
+        self.assertEqual(p.returncode, 143, err)
+        self.assertTrue(wait_gone("6789.5"))
+        self.assert_nothing_left()
+        self.assertEqual(pids_with(self.state), [])
+
+    def test_hundred_served_runs_leave_nothing(self):
+        self.start_server(warm=2)
+        with open("/proc/self/mountinfo") as f:
+            mounts = f.read()
+        for i in range(100):
+            r = run(["sandbox", "run", "--state-dir", self.state, "--", "true"])
+            self.assertEqual(r.returncode, 0, r.stderr)
+        st = json.loads(self.status("--wait", "60s").stdout)
+        self.assertEqual((st["teardowns"], st["running"]), (0, 0))
+        self.stop_server()
+        with open("/proc/self/mountinfo") as f:
+            self.assertEqual(f.read(), mounts)
+        self.assert_nothing_left()
+
+    # ---- the server's own errors --------------------------------------------
+
+    def test_one_server_per_state_dir_and_status_without_one(self):
+        r = self.status()
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("no kiln sandbox serve runs", r.stderr)
+        st = self.start_server(warm=1)
+        self.assertEqual((st["warm_ready"], st["warm_want"]), (1, 1))
+        r = run(["sandbox", "serve", "--state-dir", self.state], timeout=30)
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("another kiln sandbox serve uses the state dir", r.stderr)
+        # The first one still serves.
+        _, res, _ = self.sbx(["true"])
+        self.assertTrue(res["served"])
+
+    def test_usage_errors(self):
+        for opts, msg in ((["--warm", "65"], "--warm '65'"),
+                          (["--memory", "lots"], "--memory 'lots'"),
+                          (["--rootfs", "rel/dir"], "--rootfs 'rel/dir'"),
+                          (["extra"], "unexpected argument 'extra'")):
+            r = run(["sandbox", "serve", "--state-dir", self.state, *opts])
+            self.assertEqual(r.returncode, 2, opts)
+            self.assertIn(msg, r.stderr)
+        r = run(["sandbox", "status", "--wait", "soon"])
+        self.assertEqual(r.returncode, 2)
+
+    def test_bad_requests_get_an_answer_not_a_hang(self):
+        import socket
+        import struct
+        self.start_server()
+        path = os.path.join(self.state, "serve.sock")
+        for body in (b"not json", b"{}", b'{"v":1,"argv":[]}', b'{"v":2,"argv":["true"]}',
+                     b'{"v":1,"argv":["true"],"cwd":"rel"}',
+                     b'{"v":1,"argv":["true"],"stdio":7}'):
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.settimeout(30)
+            s.connect(path)
+            s.sendall(struct.pack("=I", len(body)) + body)
+            n = struct.unpack("=I", s.recv(4, socket.MSG_WAITALL))[0]
+            res = json.loads(s.recv(n, socket.MSG_WAITALL))
+            s.close()
+            self.assertTrue(res["setup_failed"], body)
+            self.assertIn("bad request", res["error"], body)
+        # A frame longer than the limit: the connection is closed.
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(30)
+        s.connect(path)
+        s.sendall(struct.pack("=I", 1 << 30))
+        self.assertEqual(s.recv(4), b"")
+        s.close()
+        _, res, _ = self.sbx(["true"])
+        self.assertTrue(res["served"])
+
+
+if __name__ == "__main__":
+    kilntest.main()
