@@ -65,6 +65,9 @@ struct sandbox {
 	struct cg_sandbox cg;
 	enum sandbox_cgroup_layout layout;
 	struct state_entry st;
+	/* Root mode: the host ids root inside maps to, and how many. */
+	uint32_t uid_base, uid_count, gid_base, gid_count;
+	int id_slice_fd; /* holds the lock of this sandbox's id slice, or -1 */
 	char *upper_dir;
 	char *warning;
 	pthread_mutex_t lock; /* guards reaped */
@@ -242,8 +245,8 @@ static void load_globals(void)
 {
 	pthread_mutex_lock(&global_lock);
 	if (!ids_loaded) {
-		subuid_base = subgid_base = 100000000;
-		subuid_count = subgid_count = 65536;
+		subuid_base = subgid_base = SANDBOX_ID_BASE_DEFAULT;
+		subuid_count = subgid_count = SANDBOX_ID_COUNT_DEFAULT;
 		subid_lookup("/etc/subuid", &subuid_base, &subuid_count);
 		subid_lookup("/etc/subgid", &subgid_base, &subgid_count);
 		struct buf b = BUF_INIT;
@@ -772,6 +775,8 @@ static void sandbox_free_parts(struct sandbox *sb)
 		close(sb->init_pidfd);
 	if (sb->cg.v2_fd >= 0)
 		close(sb->cg.v2_fd);
+	if (sb->id_slice_fd >= 0)
+		close(sb->id_slice_fd);
 	pthread_mutex_destroy(&sb->lock);
 	free(sb->upper_dir);
 	free(sb->warning);
@@ -854,7 +859,46 @@ static int do_clone(struct sandbox *sb, struct sb_plan *plan, int netns_fd, stru
 	return 0;
 }
 
-static int write_maps(struct sandbox *sb, const struct sandbox_config *cfg)
+/*
+ * Root mode: the host id range of this sandbox. With no explicit
+ * cfg->id_base and a range of at least two slices of SANDBOX_ID_SLICE ids,
+ * each live sandbox on the host gets a slice of its own, so that the
+ * kernel's per-user limits (inotify instances and watches, RLIMIT_NPROC,
+ * message queue bytes) and per-uid accounting are not shared between
+ * sandboxes. A slice is held by an OFD lock on byte N of
+ * SANDBOX_ID_SLICES_FILE through our own open file description: it is free
+ * again when the sandbox is destroyed or kiln dies. With every slice taken,
+ * or that file unusable, the sandbox gets the whole range, shared (as
+ * before slices existed).
+ */
+static void pick_ids(struct sandbox *sb, const struct sandbox_config *cfg)
+{
+	sb->uid_base = cfg->id_base ? cfg->id_base : subuid_base;
+	sb->gid_base = cfg->id_base ? cfg->id_base : subgid_base;
+	sb->uid_count = cfg->id_count ? cfg->id_count : subuid_count;
+	sb->gid_count = cfg->id_count ? cfg->id_count : subgid_count;
+	uint32_t slices = MIN(sb->uid_count, sb->gid_count) / SANDBOX_ID_SLICE;
+	if (cfg->id_base || slices < 2)
+		return;
+	slices = MIN(slices, SANDBOX_ID_SLICES_MAX);
+	(void)mkdir(SANDBOX_ID_SLICES_DIR, 0755);
+	int fd = open(SANDBOX_ID_SLICES_FILE, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+	if (fd < 0)
+		return;
+	for (uint32_t i = 0; i < slices; i++) {
+		struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = i, .l_len = 1};
+		if (fcntl(fd, F_OFD_SETLK, &fl) == 0) {
+			sb->uid_base += i * SANDBOX_ID_SLICE;
+			sb->gid_base += i * SANDBOX_ID_SLICE;
+			sb->uid_count = sb->gid_count = SANDBOX_ID_SLICE;
+			sb->id_slice_fd = fd;
+			return;
+		}
+	}
+	close(fd);
+}
+
+static int write_maps(struct sandbox *sb)
 {
 	char map[64];
 	int r;
@@ -868,13 +912,9 @@ static int write_maps(struct sandbox *sb, const struct sandbox_config *cfg)
 			r = write_proc(sb->init_pid, "uid_map", map);
 		return r;
 	}
-	uint32_t ub = cfg->id_base ? cfg->id_base : subuid_base;
-	uint32_t uc = cfg->id_count ? cfg->id_count : subuid_count;
-	uint32_t gb = cfg->id_base ? cfg->id_base : subgid_base;
-	uint32_t gc = cfg->id_count ? cfg->id_count : subgid_count;
-	snprintf(map, sizeof(map), "0 %u %u\n", gb, gc);
+	snprintf(map, sizeof(map), "0 %u %u\n", sb->gid_base, sb->gid_count);
 	r = write_proc(sb->init_pid, "gid_map", map);
-	snprintf(map, sizeof(map), "0 %u %u\n", ub, uc);
+	snprintf(map, sizeof(map), "0 %u %u\n", sb->uid_base, sb->uid_count);
 	if (r >= 0)
 		r = write_proc(sb->init_pid, "uid_map", map);
 	return r;
@@ -946,7 +986,7 @@ static int spawn(struct sandbox *sb, struct sb_plan *plan, const struct sandbox_
 
 	/* The id maps: root inside is an unprivileged host range (root mode)
 	 * or the calling user (rootless, single-id map). */
-	if ((r = write_maps(sb, cfg)) < 0)
+	if ((r = write_maps(sb)) < 0)
 		return kiln_err_set(err, r, "writing the id maps of the sandbox: %s", strerror(-r));
 	sb_trace_mark(sb->tr, "id maps written");
 
@@ -993,7 +1033,7 @@ int sandbox_create(const struct sandbox_config *cfg, struct sandbox **ret, struc
 	load_globals();
 	struct sandbox *sb = xcalloc(1, sizeof(*sb));
 	sb->tr = &tr;
-	sb->ctl = sb->init_pidfd = -1;
+	sb->ctl = sb->init_pidfd = sb->id_slice_fd = -1;
 	sb->cg.v2_fd = -1;
 	sb->st.fd = -1;
 	pthread_mutex_init(&sb->lock, NULL);
@@ -1037,8 +1077,10 @@ int sandbox_create(const struct sandbox_config *cfg, struct sandbox **ret, struc
 	if (r < 0)
 		goto fail;
 	sb_trace_mark(&tr, "cgroup layout and plan");
-	uid_t owner = sb->rootless ? geteuid() : (cfg->id_base ? cfg->id_base : subuid_base);
-	gid_t gowner = sb->rootless ? getegid() : (cfg->id_base ? cfg->id_base : subgid_base);
+	if (!sb->rootless)
+		pick_ids(sb, cfg);
+	uid_t owner = sb->rootless ? geteuid() : sb->uid_base;
+	gid_t gowner = sb->rootless ? getegid() : sb->gid_base;
 	r = state_entry_create(state_dir, sb->id, sb->has_cg ? &sb->cg : NULL, cfg->keep, owner,
 			       gowner, &sb->st, err);
 	if (r < 0)

@@ -97,11 +97,23 @@ struct sandbox_config {
 	 * root), else from a sealed memfd copy (CVE-2019-5736). */
 	const char *init_path;
 	/* Root mode only: the host uid/gid that is root inside, and how many
-	 * ids are mapped. 0: the "kiln" entry of /etc/subuid and /etc/subgid,
-	 * else 100000000 and 65536. */
+	 * ids are mapped. id_base 0: the "kiln" entry of /etc/subuid and
+	 * /etc/subgid, else SANDBOX_ID_BASE_DEFAULT and SANDBOX_ID_COUNT_DEFAULT;
+	 * that range is cut in slices of SANDBOX_ID_SLICE ids and each live
+	 * sandbox of the host gets a slice of its own (the whole range, shared,
+	 * when it holds fewer than two slices or all are taken). An explicit
+	 * id_base maps id_base.. for every sandbox (no slices). */
 	uint32_t id_base;
 	uint32_t id_count;
 };
+
+#define SANDBOX_ID_BASE_DEFAULT 100000000u
+#define SANDBOX_ID_SLICE 65536u
+#define SANDBOX_ID_COUNT_DEFAULT (1024u * SANDBOX_ID_SLICE)
+#define SANDBOX_ID_SLICES_MAX 65536u
+/* One byte per slice, each locked (F_OFD_SETLK) by the sandbox holding it. */
+#define SANDBOX_ID_SLICES_DIR "/run/kiln"
+#define SANDBOX_ID_SLICES_FILE SANDBOX_ID_SLICES_DIR "/id-slices"
 
 /* Parses "SRC:DST[:ro|:rw]" into *ret; src and dst point into one
  * allocation, ret->storage, that the caller frees. -EINVAL with a sentence

@@ -480,6 +480,46 @@ a, _ = srv.accept(); c.sendall(b"ping"); print("loopback", a.recv(4).decode())
         self.sbx(["true"])
         self.assertTrue(os.path.exists(upper))
 
+    def test_concurrent_sandboxes_get_their_own_host_ids(self):
+        # Each live sandbox maps root to a slice of 65536 host ids of its
+        # own, so per-user kernel limits (inotify instances, RLIMIT_NPROC)
+        # are not shared between sandboxes.
+        for f in ("/etc/subuid", "/etc/subgid"):
+            if os.path.exists(f):
+                with open(f) as fh:
+                    for line in fh:
+                        p = line.strip().split(":")
+                        if p[0] == "kiln" and len(p) == 3 and int(p[2]) < 2 * 65536:
+                            self.skipTest(f"{f} gives kiln fewer than two slices of ids")
+        procs, marks = [], ["7001.25", "7001.5", "7001.75"]
+        for m in marks:
+            procs.append(subprocess.Popen(
+                [kilntest.KILN, "sandbox", "run", "--state-dir", self.state,
+                 "--cgroup-parent", self.cg_parent, "--", "sh", "-c",
+                 f"cat /proc/self/uid_map; exec sleep {m}"],
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        try:
+            maps = [p.stdout.readline().split() for p in procs]
+            uids = []
+            for m in marks:
+                deadline = time.monotonic() + 30
+                while not pids_with(f"sleep\0{m}") and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                (pid,) = pids_with(f"sleep\0{m}")
+                with open(f"/proc/{pid}/status") as f:
+                    uids.append(int(next(l for l in f if l.startswith("Uid:")).split()[1]))
+        finally:
+            for p in procs:
+                p.send_signal(signal.SIGTERM)
+                p.communicate(timeout=60)
+        for (inside, outside, count), uid in zip(maps, uids):
+            self.assertEqual((inside, count), ("0", "65536"))
+            self.assertEqual(int(outside), uid)
+        self.assertEqual(len(set(uids)), 3, uids)
+        for u in uids:
+            self.assertEqual((u - uids[0]) % 65536, 0)
+            self.assertGreaterEqual(u, 100000000)
+
     def make_rootfs(self):
         busybox = shutil.which("busybox")
         if not busybox:
