@@ -35,9 +35,13 @@ class ServeTest(kilntest.TempDirTestCase):
     def setUp(self):
         super().setUp()
         self.state = os.path.join(self.tmp, "state")
-        self.before = {m: tree(m) for m in cgroup_mounts()}
+        self.before = self.cgroups()
         self.server = None
         self.addCleanup(self.stop_server)
+
+    def cgroups(self):
+        """The cgroup trees below this class's parent (other tests run beside us)."""
+        return {m: tree(m + self.cg_parent) for m in cgroup_mounts()}
 
     def start_server(self, *opts, warm=1):
         self.server = subprocess.Popen(
@@ -74,7 +78,7 @@ class ServeTest(kilntest.TempDirTestCase):
         return r, json.loads(lines[-1]), "\n".join(lines[:-1]) + ("\n" if lines[:-1] else "")
 
     def assert_nothing_left(self):
-        self.assertEqual({m: tree(m) for m in cgroup_mounts()}, self.before)
+        self.assertEqual(self.cgroups(), self.before)
         self.assertEqual(live_slots(self.state), 0)
         self.assertFalse(os.path.exists(os.path.join(self.state, "serve.sock")))
 
