@@ -181,6 +181,9 @@ size_t str_edit_distance(const char *a, const char *b, size_t cap);
 bool utf8_valid(const char *s, size_t len);
 /* The length of the longest valid UTF-8 prefix (== len when all is valid). */
 size_t utf8_valid_prefix(const char *s, size_t len);
+/* Appends s with every byte that is not part of valid UTF-8 replaced by
+ * U+FFFD: text from users or programs, made safe for JSON and terminals. */
+void buf_put_utf8_lossy(struct buf *b, const char *s, size_t len);
 /* The code point at *p, which must start valid UTF-8; advances *p past it. */
 uint32_t utf8_next(const unsigned char **p);
 /* Parses a whole decimal integer in [min, max]; -EINVAL / -ERANGE. */

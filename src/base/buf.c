@@ -160,6 +160,19 @@ uint32_t utf8_next(const unsigned char **p)
 }
 
 
+void buf_put_utf8_lossy(struct buf *b, const char *s, size_t len)
+{
+	while (len) {
+		size_t ok = utf8_valid_prefix(s, len);
+		buf_append(b, s, ok);
+		if (ok == len)
+			break;
+		buf_puts(b, "\xEF\xBF\xBD");
+		s += ok + 1;
+		len -= ok + 1;
+	}
+}
+
 size_t utf8_valid_prefix(const char *s, size_t len)
 {
 	const unsigned char *start = (const unsigned char *)s, *p = start, *end = p + len;

@@ -63,8 +63,15 @@ void req_reply_text(struct req *r, unsigned status, const char *content_type, ch
 
 void req_reply_json(struct req *r, unsigned status, json_t *body)
 {
-	char *text = json_dumps(body, JSON_COMPACT);
+	char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
 	json_decref(body);
+	if (!text) {
+		/* A body jansson refused (a bug: strings must be UTF-8): still an answer. */
+		log_error("response body could not be encoded status=%u", status);
+		status = MHD_HTTP_INTERNAL_SERVER_ERROR;
+		text = xstrdup("{\"error\":{\"code\":\"internal\",\"message\":\"the response could "
+			       "not be encoded\"}}");
+	}
 	size_t len = strlen(text);
 	/* A newline makes curl output readable; JSON parsers ignore it. */
 	text = xrealloc(text, len + 2);
@@ -77,9 +84,14 @@ void req_reply_error(struct req *r, unsigned status, const char *code, const cha
 {
 	va_list ap;
 	va_start(ap, fmt);
-	_cleanup_free_ char *msg = xvasprintf(fmt, ap);
+	_cleanup_free_ char *raw = xvasprintf(fmt, ap);
 	va_end(ap);
-	req_reply_json(r, status, json_pack("{s:{s:s,s:s}}", "error", "code", code, "message", msg));
+	/* Messages quote what the client sent, which need not be UTF-8. */
+	struct buf msg = BUF_INIT;
+	buf_put_utf8_lossy(&msg, raw, strlen(raw));
+	buf_putc(&msg, '\0');
+	req_reply_json(r, status, json_pack("{s:{s:s,s:s}}", "error", "code", code, "message", msg.data));
+	buf_release(&msg);
 }
 
 void req_defer(struct req *r) { (void)r; /* the phase stays REQ_HANDLER */ }

@@ -314,23 +314,7 @@ static size_t utf8_whole(const char *d, size_t n)
 static void put_text(struct buf *b, const char *d, size_t n)
 {
 	struct buf clean = BUF_INIT;
-	size_t i = 0;
-	while (i < n) {
-		size_t k = 1;
-		unsigned char c = (unsigned char)d[i];
-		if (c >= 0x80) {
-			size_t need = c >= 0xF0 ? 4 : c >= 0xE0 ? 3 : c >= 0xC0 ? 2 : 0;
-			if (need && i + need <= n && utf8_valid(d + i, need))
-				k = need;
-			else {
-				buf_puts(&clean, "\xEF\xBF\xBD");
-				i++;
-				continue;
-			}
-		}
-		buf_append(&clean, d + i, k);
-		i += k;
-	}
+	buf_put_utf8_lossy(&clean, d, n);
 	buf_put_json_string(b, clean.data ? clean.data : "", clean.len);
 	buf_release(&clean);
 }

@@ -125,6 +125,19 @@ TEST(utf8_valid_prefix)
 	CHECK_EQ(utf8_valid_prefix("", 0), 0);
 }
 
+TEST(utf8_lossy)
+{
+	struct buf b = BUF_INIT;
+	buf_put_utf8_lossy(&b, "h\xc3\xa9\xff-\xe2\x82z\x9d", 9);
+	buf_putc(&b, '\0');
+	CHECK_STREQ(b.data, "h\xc3\xa9\xef\xbf\xbd-\xef\xbf\xbd\xef\xbf\xbdz\xef\xbf\xbd");
+	CHECK(utf8_valid(b.data, b.len - 1));
+	buf_reset(&b);
+	buf_put_utf8_lossy(&b, "", 0);
+	CHECK_EQ(b.len, 0);
+	buf_release(&b);
+}
+
 TEST(edit_distance)
 {
 	CHECK_EQ(str_edit_distance("runs-on", "runson", 5), 1);
