@@ -139,10 +139,13 @@ class UsageTest(UsageCase):
         self.assertEqual(self.api.ok("GET", "/v1/usage?since=2h&until=1h")["orgs"], [])
         self.assertEqual(self.api.ok("GET", "/v1/usage?org=acme")["orgs"], [])
         for q, word in (("since=yesterday", "since"), ("org=Bad%20Org", "org"),
-                        ("since=1h&until=2h", "empty")):
+                        ("since=1h&until=2h", "empty"),
+                        # Not UTF-8: quoted with U+FFFD (it once crashed the server).
+                        ("since=%9d%E1", "'\ufffd\ufffd'")):
             status, b = self.api.call("GET", "/v1/usage?" + q)
             self.assertEqual(status, 400, b)
             self.assertIn(word, b["error"]["message"])
+        self.assertEqual(self.api.ok("GET", "/v1/usage?since=1h")["total"]["jobs"], 3)
 
         r = self.kiln("usage", "--since", "1h", "-o", "csv")
         self.assertEqual(r.returncode, 0, r.stderr)
