@@ -120,6 +120,16 @@ class ServeTest(kilntest.TempDirTestCase):
         self.assertEqual(r.returncode, 1)
         self.assertIn("unreachable", r.stderr)
 
+    def test_warm_sandboxes_do_not_pass_on_the_pools_idle_priority(self):
+        # The pool thread makes sandboxes under SCHED_IDLE; commands must
+        # run under SCHED_OTHER (0) at nice 0 all the same.
+        self.start_server()
+        r, res, out = self.sbx(["python3", "-c",
+                                "import os; print(os.sched_getscheduler(0), os.nice(0))"])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertTrue(res["warm"])
+        self.assertEqual(out, "0 0\n")
+
     def test_daemons_do_not_outlive_the_run(self):
         self.start_server()
         marker = "1234.5678"  # a sleep no one else runs
