@@ -30,6 +30,7 @@
 #include <poll.h>
 #include <net/if.h>
 #include <sched.h>
+#include <stdatomic.h>
 #include <sys/ioctl.h>
 #include <signal.h>
 #include <sys/mman.h>
@@ -72,6 +73,7 @@ struct sandbox {
 	char *warning;
 	pthread_mutex_t lock; /* guards reaped */
 	struct sb_trace *tr;  /* during sandbox_create only */
+	atomic_bool used;     /* a process was started in it */
 };
 
 struct sandbox_process {
@@ -1316,7 +1318,11 @@ int sandbox_exec(struct sandbox *sb, const struct sandbox_exec *ex, struct sandb
 
 	struct sb_trace tr;
 	sb_trace_begin(&tr, "exec");
-	uint64_t oom_before = sb->has_cg ? cg_sandbox_oom_kills(&sb->cg) : 0;
+	/* The OOM kills before this process, to tell its own later. A sandbox's
+	 * first process needs no read: its cgroup is new and held only
+	 * kiln-init, whose OOM kill would have ended the sandbox. */
+	bool first = !atomic_exchange(&sb->used, true);
+	uint64_t oom_before = sb->has_cg && !first ? cg_sandbox_oom_kills(&sb->cg) : 0;
 	sb_trace_mark(&tr, "oom count read");
 	char cbuf[CMSG_SPACE(sizeof(fds))];
 	memset(cbuf, 0, sizeof(cbuf));

@@ -393,18 +393,19 @@ static void serve_one(struct server *srv, int sock)
 	if (r <= 0)
 		goto out; /* went away before asking */
 	sb_trace_mark(&tr, "request received");
-	if (sandbox_status_is_request(b.data, b.len)) {
-		struct pool *p = &srv->pool;
-		pthread_mutex_lock(&p->lock);
-		struct sandbox_server_status st = {(unsigned)p->n, p->want, (unsigned)p->n_dead,
-						   p->active};
-		pthread_mutex_unlock(&p->lock);
-		buf_reset(&b);
-		sandbox_status_encode(&st, &b);
-		(void)sandbox_frame_send(sock, b.data, b.len, NULL, 0);
-		goto out;
-	}
 	if (sandbox_request_decode(b.data, b.len, &req, &err) < 0) {
+		/* Not a command: a status request (rare, so parsed second), or bad. */
+		if (sandbox_status_is_request(b.data, b.len)) {
+			struct pool *p = &srv->pool;
+			pthread_mutex_lock(&p->lock);
+			struct sandbox_server_status st = {(unsigned)p->n, p->want,
+							   (unsigned)p->n_dead, p->active};
+			pthread_mutex_unlock(&p->lock);
+			buf_reset(&b);
+			sandbox_status_encode(&st, &b);
+			(void)sandbox_frame_send(sock, b.data, b.len, NULL, 0);
+			goto out;
+		}
 		kiln_err_prefix(&err, "bad request");
 		reply_error(sock, err.code, err.msg);
 		goto out;
