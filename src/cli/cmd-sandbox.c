@@ -136,6 +136,15 @@ static bool env_has(char **env, size_t n, const char *key)
 /* Prints a usage error; returns -2 (parse_run: < 0 means "exit now"). */
 #define usage(cmd, ...) ((void)cli_usage_error(cmd, __VA_ARGS__), -2)
 
+/* The usage error for the option getopt_long() just refused; EXIT_USAGE. */
+static int bad_option(const char *cmd, char **argv)
+{
+	if (optopt)
+		return cli_usage_error(cmd, "option '%s' needs a value or is unknown",
+				       argv[optind - 1]);
+	return cli_usage_error(cmd, "unknown option '%s'", argv[optind - 1]);
+}
+
 /*
  * The options that make a sandbox's shape (run and serve share them):
  * 0 if c was one and is set in cfg, -2 after a usage error.
@@ -144,43 +153,43 @@ static int shape_opt(int c, const char *arg, struct sandbox_config *cfg, const c
 {
 	int64_t v;
 	switch (c) {
-		case 'H':
-			cfg->hostname = arg;
-			return 0;
-		case 'n':
-			if (streq(arg, "none"))
-				cfg->net = SANDBOX_NET_NONE;
-			else if (streq(arg, "host"))
-				cfg->net = SANDBOX_NET_HOST;
-			else
-				return usage(cmd, "--net '%s': use none or host", arg);
-			return 0;
-		case 'c':
-			if (sandbox_cpus_parse(arg, &cfg->limits.cpu_millis) < 0)
-				return usage(cmd,
-						       "--cpus '%s': expected a number of CPUs like 1.5 "
-						       "or 500m (0.01 to 1024)",
-						       arg);
-			return 0;
-		case 'm':
-			if (parse_size(arg, &cfg->limits.memory_bytes) < 0 ||
-			    cfg->limits.memory_bytes < (4 << 20))
-				return usage(cmd, "--memory '%s': expected a size like 512Mi "
-							    "(at least 4Mi)",
-						       arg);
-			return 0;
-		case 'p':
-			if (parse_int64(arg, 2, 4194304, &v) < 0)
-				return usage(cmd, "--pids '%s': expected 2 to 4194304", arg);
-			cfg->limits.pids = (uint32_t)v;
-			return 0;
-		case 'd':
-			if (parse_size(arg, &cfg->limits.disk_bytes) < 0 ||
-			    cfg->limits.disk_bytes < (1 << 20))
-				return usage(cmd, "--disk '%s': expected a size like 2Gi (at "
-							    "least 1Mi)",
-						       arg);
-			return 0;
+	case 'H':
+		cfg->hostname = arg;
+		return 0;
+	case 'n':
+		if (streq(arg, "none"))
+			cfg->net = SANDBOX_NET_NONE;
+		else if (streq(arg, "host"))
+			cfg->net = SANDBOX_NET_HOST;
+		else
+			return usage(cmd, "--net '%s': use none or host", arg);
+		return 0;
+	case 'c':
+		if (sandbox_cpus_parse(arg, &cfg->limits.cpu_millis) < 0)
+			return usage(cmd,
+					       "--cpus '%s': expected a number of CPUs like 1.5 "
+					       "or 500m (0.01 to 1024)",
+					       arg);
+		return 0;
+	case 'm':
+		if (parse_size(arg, &cfg->limits.memory_bytes) < 0 ||
+		    cfg->limits.memory_bytes < (4 << 20))
+			return usage(cmd, "--memory '%s': expected a size like 512Mi "
+						    "(at least 4Mi)",
+					       arg);
+		return 0;
+	case 'p':
+		if (parse_int64(arg, 2, 4194304, &v) < 0)
+			return usage(cmd, "--pids '%s': expected 2 to 4194304", arg);
+		cfg->limits.pids = (uint32_t)v;
+		return 0;
+	case 'd':
+		if (parse_size(arg, &cfg->limits.disk_bytes) < 0 ||
+		    cfg->limits.disk_bytes < (1 << 20))
+			return usage(cmd, "--disk '%s': expected a size like 2Gi (at "
+						    "least 1Mi)",
+					       arg);
+		return 0;
 	}
 	return 0;
 }
@@ -302,10 +311,8 @@ static int parse_run(int argc, char **argv, struct run_opts *o)
 				return usage(cmd, "-o '%s': use text or json", optarg);
 			break;
 		default:
-			if (optopt)
-				return usage(cmd, "option '%s' needs a value or is unknown",
-						       argv[optind - 1]);
-			return usage(cmd, "unknown option '%s'", argv[optind - 1]);
+			(void)bad_option(cmd, argv);
+			return -2;
 		}
 	}
 	if (optind >= argc)
@@ -375,47 +382,12 @@ static void print_json(const struct sandbox_result *r, const char *upper, bool s
 	buf_release(&b);
 }
 
-/* Waits for p, the timeout and the cancelling signals; fills r. */
-static void wait_run(struct sandbox *sb, struct sandbox_process *p, const struct run_opts *o,
-		     int sfd, struct sandbox_result *r)
+/* A cancelling signal from the signalfd: its number, or 0. */
+static int read_signal(int sfd, void *arg)
 {
-	uint64_t start = now_mono_ns();
-	uint64_t deadline = o->timeout_ms ? start + o->timeout_ms * NSEC_PER_MSEC : 0;
-	for (;;) {
-		int timeout = -1;
-		if (deadline) {
-			uint64_t now = now_mono_ns();
-			timeout = now >= deadline ? 0 : (int)((deadline - now + 999999) / 1000000);
-		}
-		struct pollfd pfd[2] = {{.fd = sandbox_process_fd(p), .events = POLLIN},
-					{.fd = sfd, .events = POLLIN}};
-		int n = poll(pfd, sfd >= 0 ? 2 : 1, timeout);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n == 0 && deadline) {
-			/* Timed out: the whole sandbox goes. */
-			(void)sandbox_kill(sb);
-			(void)sandbox_process_wait(p, -1, &r->exit);
-			r->exit.timed_out = true;
-			break;
-		}
-		if (sfd >= 0 && pfd[1].revents) {
-			struct signalfd_siginfo si;
-			if (read(sfd, &si, sizeof(si)) == (ssize_t)sizeof(si)) {
-				r->cancelled = true;
-				r->cancel_signal = (int)si.ssi_signo;
-				(void)sandbox_kill(sb);
-				(void)sandbox_process_wait(p, -1, &r->exit);
-				break;
-			}
-		}
-		if (pfd[0].revents) {
-			(void)sandbox_process_wait(p, -1, &r->exit);
-			break;
-		}
-	}
-	if (!r->exit.wall_ns || r->exit.lost)
-		r->exit.wall_ns = now_mono_ns() - start;
+	(void)arg;
+	struct signalfd_siginfo si;
+	return read(sfd, &si, sizeof(si)) == (ssize_t)sizeof(si) ? (int)si.ssi_signo : 0;
 }
 
 /* Runs the command in a sandbox of this process; *upper: the kept layer. */
@@ -430,15 +402,10 @@ static void run_local(const struct run_opts *o, char **argv, int sfd, struct san
 		r->err_msg = xstrdup(err.msg);
 		return;
 	}
+	sandbox_result_set_info(r, sb);
 	struct sandbox_info info;
 	sandbox_info(sb, &info);
-	snprintf(r->id, sizeof(r->id), "%s", info.id);
-	r->cgroup = info.cgroup;
-	r->layout = info.layout;
-	r->rootless = info.rootless;
-	r->idmap = info.idmap;
 	/* sandbox_destroy() frees what info points to. */
-	r->warning = info.warning ? xstrdup(info.warning) : NULL;
 	*upper = info.upper_dir ? xstrdup(info.upper_dir) : NULL;
 
 	struct sandbox_exec ex = {.argv = argv, .envp = o->env, .cwd = o->cwd,
@@ -448,7 +415,7 @@ static void run_local(const struct run_opts *o, char **argv, int sfd, struct san
 	int er = sandbox_exec(sb, &ex, &p, &err);
 	if (er >= 0) {
 		r->started = true;
-		wait_run(sb, p, o, sfd, r);
+		sandbox_run_wait(sb, p, o->timeout_ms, sfd, read_signal, NULL, r);
 		sandbox_process_free(p);
 	} else {
 		r->err_code = er;
@@ -704,10 +671,7 @@ static int serve_main(int argc, char **argv)
 			log_set_level(lvl);
 			break;
 		default:
-			if (optopt)
-				return cli_usage_error(cmd, "option '%s' needs a value or is unknown",
-						       argv[optind - 1]);
-			return cli_usage_error(cmd, "unknown option '%s'", argv[optind - 1]);
+			return bad_option(cmd, argv);
 		}
 	}
 	if (optind < argc)
@@ -774,10 +738,7 @@ static int status_main(int argc, char **argv)
 						       optarg);
 			break;
 		default:
-			if (optopt)
-				return cli_usage_error(cmd, "option '%s' needs a value or is unknown",
-						       argv[optind - 1]);
-			return cli_usage_error(cmd, "unknown option '%s'", argv[optind - 1]);
+			return bad_option(cmd, argv);
 		}
 	}
 	if (optind < argc)

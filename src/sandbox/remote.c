@@ -90,6 +90,19 @@ void sandbox_result_encode(const struct sandbox_result *r, struct buf *out)
 		   r->setup_failed ? "true" : "false");
 }
 
+void sandbox_result_set_info(struct sandbox_result *r, struct sandbox *sb)
+{
+	struct sandbox_info info;
+	sandbox_info(sb, &info);
+	snprintf(r->id, sizeof(r->id), "%s", info.id);
+	r->cgroup = info.cgroup;
+	r->layout = info.layout;
+	r->rootless = info.rootless;
+	r->idmap = info.idmap;
+	/* sandbox_destroy() frees what info points to. */
+	r->warning = info.warning ? xstrdup(info.warning) : NULL;
+}
+
 /* ---- decoding ------------------------------------------------------------- */
 
 static json_t *load(const char *data, size_t len, struct kiln_err *err)

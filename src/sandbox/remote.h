@@ -67,6 +67,23 @@ int sandbox_result_decode(const char *data, size_t len, struct sandbox_result *r
 			  struct kiln_err *err);
 void sandbox_result_free(struct sandbox_result *r);
 
+/* Copies what sandbox_info() says of sb into r (id, cgroup, layout, rootless,
+ * idmap, a copy of the warning). */
+void sandbox_result_set_info(struct sandbox_result *r, struct sandbox *sb);
+
+/*
+ * Waits for process p of sb to end, killing the whole sandbox when
+ * timeout_ms (0: none) passes or a cancel arrives. A cancel is read from
+ * cancel_fd (-1: none) by read_cancel, which returns the signal that asks
+ * for it, 0 for nothing, or -1 when cancel_fd is done (EOF: taken as
+ * SIGTERM, and no longer watched). Fills r->exit, timed_out, cancelled and
+ * cancel_signal; the wall time is measured here where the process's own is
+ * missing.
+ */
+void sandbox_run_wait(struct sandbox *sb, struct sandbox_process *p, uint64_t timeout_ms,
+		      int cancel_fd, int (*read_cancel)(int fd, void *arg), void *arg,
+		      struct sandbox_result *r);
+
 /* Parses {"cancel": N}: the signal, or -EINVAL. */
 int sandbox_cancel_decode(const char *data, size_t len);
 

@@ -883,8 +883,9 @@ static void pick_ids(struct sandbox *sb, const struct sandbox_config *cfg)
 	if (cfg->id_base || slices < 2)
 		return;
 	slices = MIN(slices, SANDBOX_ID_SLICES_MAX);
-	(void)mkdir(SANDBOX_ID_SLICES_DIR, 0755);
 	int fd = open(SANDBOX_ID_SLICES_FILE, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+	if (fd < 0 && errno == ENOENT && mkdir(SANDBOX_ID_SLICES_DIR, 0755) == 0)
+		fd = open(SANDBOX_ID_SLICES_FILE, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
 	if (fd < 0)
 		return;
 	for (uint32_t i = 0; i < slices; i++) {

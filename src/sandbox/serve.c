@@ -72,7 +72,6 @@ struct server {
 	struct pool pool;
 	pthread_mutex_t lock; /* conns */
 	struct conn *conns;
-	bool stopping;
 };
 
 static char *shape_key(const struct sandbox_config *c)
@@ -318,57 +317,58 @@ static void reply_error(int sock, int code, const char *msg)
 	sandbox_result_free(&res);
 }
 
-/*
- * Waits for the command, a cancel from the client, the client going away
- * (or the server stopping, which shuts our read side) and the timeout.
- */
-static void wait_command(struct sandbox *sb, struct sandbox_process *proc, int sock,
-			 uint64_t timeout_ms, struct sandbox_result *res)
+void sandbox_run_wait(struct sandbox *sb, struct sandbox_process *p, uint64_t timeout_ms,
+		      int cancel_fd, int (*read_cancel)(int fd, void *arg), void *arg,
+		      struct sandbox_result *r)
 {
 	uint64_t start = now_mono_ns();
 	uint64_t deadline = timeout_ms ? start + timeout_ms * NSEC_PER_MSEC : 0;
-	bool killed = false, client = true;
-	struct buf b = BUF_INIT;
+	bool killed = false, timed_out = false, watching = cancel_fd >= 0;
 	for (;;) {
 		int timeout = -1;
 		if (deadline && !killed) {
 			uint64_t now = now_mono_ns();
 			timeout = now >= deadline ? 0 : (int)((deadline - now + 999999) / 1000000);
 		}
-		struct pollfd pfd[2] = {{.fd = sandbox_process_fd(proc), .events = POLLIN},
-					{.fd = sock, .events = POLLIN}};
-		int n = poll(pfd, client ? 2 : 1, timeout);
+		struct pollfd pfd[2] = {{.fd = sandbox_process_fd(p), .events = POLLIN},
+					{.fd = cancel_fd, .events = POLLIN}};
+		int n = poll(pfd, watching ? 2 : 1, timeout);
 		if (n < 0 && errno == EINTR)
 			continue;
 		if (n == 0 && deadline && !killed) {
 			(void)sandbox_kill(sb);
-			killed = true;
-			res->exit.timed_out = true; /* kept through the wait below */
+			killed = timed_out = true;
 			continue;
 		}
 		if (pfd[0].revents) {
-			bool timed_out = res->exit.timed_out;
-			(void)sandbox_process_wait(proc, -1, &res->exit);
-			res->exit.timed_out |= timed_out;
+			(void)sandbox_process_wait(p, -1, &r->exit);
 			break;
 		}
-		if (client && pfd[1].revents) {
-			size_t nfds;
-			int r = sandbox_frame_recv(sock, &b, NULL, 0, &nfds);
-			int sig = r > 0 ? sandbox_cancel_decode(b.data, b.len) : -EPIPE;
+		if (watching && pfd[1].revents) {
+			int sig = read_cancel(cancel_fd, arg);
 			if (sig < 0)
-				client = false; /* gone, shut down or garbage: cancel */
-			if (!killed) {
-				res->cancelled = true;
-				res->cancel_signal = sig > 0 ? sig : SIGTERM;
+				watching = false, sig = SIGTERM;
+			if (sig > 0 && !killed) {
+				r->cancelled = true;
+				r->cancel_signal = sig;
 				(void)sandbox_kill(sb);
 				killed = true;
 			}
 		}
 	}
-	buf_release(&b);
-	if (!res->exit.wall_ns || res->exit.lost)
-		res->exit.wall_ns = now_mono_ns() - start;
+	r->exit.timed_out |= timed_out;
+	if (!r->exit.wall_ns || r->exit.lost)
+		r->exit.wall_ns = now_mono_ns() - start;
+}
+
+/* A cancel from the client: {"cancel": N}; EOF, shutdown or garbage: -1. */
+static int read_client_cancel(int sock, void *arg)
+{
+	struct buf *b = arg;
+	size_t nfds;
+	int r = sandbox_frame_recv(sock, b, NULL, 0, &nfds);
+	int sig = r > 0 ? sandbox_cancel_decode(b->data, b->len) : -1;
+	return sig > 0 ? sig : -1;
 }
 
 static void serve_one(struct server *srv, int sock)
@@ -433,14 +433,7 @@ static void serve_one(struct server *srv, int sock)
 		}
 	}
 	sb_trace_mark(&tr, res.warm ? "warm sandbox taken" : "sandbox made");
-	struct sandbox_info info;
-	sandbox_info(sb, &info);
-	snprintf(res.id, sizeof(res.id), "%s", info.id);
-	res.cgroup = info.cgroup;
-	res.layout = info.layout;
-	res.rootless = info.rootless;
-	res.idmap = info.idmap;
-	res.warning = info.warning ? xstrdup(info.warning) : NULL;
+	sandbox_result_set_info(&res, sb);
 
 	struct sandbox_exec ex = {.argv = req.argv, .envp = req.envp, .cwd = req.cwd,
 				  .stdin_fd = stdio[0], .stdout_fd = stdio[1],
@@ -455,7 +448,11 @@ static void serve_one(struct server *srv, int sock)
 	if (r >= 0) {
 		sb_trace_mark(&tr, "started");
 		res.started = true;
-		wait_command(sb, proc, sock, req.timeout_ms, &res);
+		/* The client going away or the server stopping (our read side
+		 * shut) cancels like an explicit cancel. */
+		struct buf cb = BUF_INIT;
+		sandbox_run_wait(sb, proc, req.timeout_ms, sock, read_client_cancel, &cb, &res);
+		buf_release(&cb);
 		sb_trace_mark(&tr, "exited");
 		sandbox_process_free(proc);
 		/* Nothing of the command runs any more (sole): its accounting
@@ -619,7 +616,6 @@ int sandbox_serve(const struct sandbox_server_config *cfg, int stop_fd,
 	unlink(sock_path);
 	close(lfd);
 	pthread_mutex_lock(&srv.lock);
-	srv.stopping = true;
 	for (struct conn *c = srv.conns; c; c = c->next)
 		if (c->sock >= 0)
 			shutdown(c->sock, SHUT_RD);

@@ -89,6 +89,19 @@ def wait_gone(marker, seconds=20):
     return False
 
 
+def remove_cgroup_parent(parent):
+    """Removes a test class's (empty) cgroup parent from every hierarchy."""
+    for m in cgroup_mounts():
+        for _ in range(50):
+            try:
+                os.rmdir(m + parent)
+                break
+            except FileNotFoundError:
+                break
+            except OSError:
+                time.sleep(0.05)
+
+
 def probe():
     """Why sandboxes cannot run here, or None."""
     if not kilntest.is_root():
@@ -110,16 +123,7 @@ class SandboxTest(kilntest.TempDirTestCase):
 
     @classmethod
     def tearDownClass(cls):
-        for m in cgroup_mounts():
-            p = m + cls.cg_parent
-            for _ in range(50):
-                try:
-                    os.rmdir(p)
-                    break
-                except FileNotFoundError:
-                    break
-                except OSError:
-                    time.sleep(0.05)
+        remove_cgroup_parent(cls.cg_parent)
 
     def setUp(self):
         super().setUp()

@@ -15,7 +15,8 @@ import unittest
 
 import kilntest
 from kilntest import run
-from test_sandbox import SKIP, cgroup_mounts, live_slots, pids_with, tree, wait_gone
+from test_sandbox import (SKIP, cgroup_mounts, live_slots, pids_with, remove_cgroup_parent,
+                          tree, wait_gone)
 
 
 @unittest.skipIf(SKIP, SKIP or "")
@@ -26,11 +27,7 @@ class ServeTest(kilntest.TempDirTestCase):
 
     @classmethod
     def tearDownClass(cls):
-        for m in cgroup_mounts():
-            try:
-                os.rmdir(m + cls.cg_parent)
-            except OSError:
-                pass
+        remove_cgroup_parent(cls.cg_parent)
 
     def setUp(self):
         super().setUp()
@@ -76,6 +73,14 @@ class ServeTest(kilntest.TempDirTestCase):
         self.assertTrue(lines and lines[-1].startswith("{"),
                         f"no result: rc={r.returncode} stderr={r.stderr}")
         return r, json.loads(lines[-1]), "\n".join(lines[:-1]) + ("\n" if lines[:-1] else "")
+
+    def running_client(self, marker):
+        """A `kiln sandbox run` (no -o json) whose command has started `sleep MARKER`."""
+        p = subprocess.Popen([kilntest.KILN, "sandbox", "run", "--state-dir", self.state, "--",
+                              "sh", "-c", f"echo started; exec sleep {marker}"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.assertEqual(p.stdout.readline(), "started\n")
+        return p
 
     def assert_nothing_left(self):
         self.assertEqual(self.cgroups(), self.before)
@@ -189,10 +194,7 @@ class ServeTest(kilntest.TempDirTestCase):
 
     def test_signal_to_the_client_cancels(self):
         self.start_server()
-        p = subprocess.Popen([kilntest.KILN, "sandbox", "run", "--state-dir", self.state, "--",
-                              "sh", "-c", "echo started; exec sleep 4567.5"],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        self.assertEqual(p.stdout.readline(), "started\n")
+        p = self.running_client("4567.5")
         p.send_signal(signal.SIGTERM)
         out, err = p.communicate(timeout=60)
         self.assertEqual(p.returncode, 143, err)
@@ -201,13 +203,9 @@ class ServeTest(kilntest.TempDirTestCase):
 
     def test_client_killed_mid_run_kills_the_sandbox(self):
         self.start_server()
-        p = subprocess.Popen([kilntest.KILN, "sandbox", "run", "--state-dir", self.state, "--",
-                              "sh", "-c", "echo started; exec sleep 5678.5"],
-                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-        self.assertEqual(p.stdout.readline(), "started\n")
+        p = self.running_client("5678.5")
         p.kill()
-        p.wait(timeout=30)
-        p.stdout.close()
+        p.communicate(timeout=30)
         self.assertTrue(wait_gone("5678.5"))
         # The server goes on serving.
         r, res, _ = self.sbx(["true"])
@@ -215,10 +213,7 @@ class ServeTest(kilntest.TempDirTestCase):
 
     def test_server_stop_cancels_runs_and_leaves_nothing(self):
         self.start_server(warm=2)
-        p = subprocess.Popen([kilntest.KILN, "sandbox", "run", "--state-dir", self.state, "--",
-                              "sh", "-c", "echo started; exec sleep 6789.5"],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        self.assertEqual(p.stdout.readline(), "started\n")
+        p = self.running_client("6789.5")
         self.server.send_signal(signal.SIGTERM)
         self.assertEqual(self.server.wait(timeout=60), 0)
         out, err = p.communicate(timeout=60)
