@@ -1,7 +1,7 @@
 /*
  * remote-fuzz: the decoders of kiln sandbox serve's wire format (a request
- * from a client, a result from the server, a cancel, a status request) and
- * the frame reader over a socket. The first byte picks one; the rest is
+ * from a client, a result from the server, a cancel, a status request, the
+ * front's argv request) and the frame reader over a socket. The first byte picks one; the rest is
  * its input. A request that decodes must satisfy what the server relies on.
  */
 #include "sandbox/remote.h"
@@ -17,7 +17,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	const char *s = (const char *)data + 1;
 	size_t n = size - 1;
 	struct kiln_err err = {0};
-	switch (data[0] % 5) {
+	switch (data[0] % 6) {
 	case 0: {
 		struct sandbox_request r;
 		if (sandbox_request_decode(s, n, &r, &err) == 0) {
@@ -76,6 +76,25 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 				abort();
 		close(sp[1]);
 		buf_release(&b);
+		break;
+	}
+	case 5: {
+		struct sandbox_argv_request r;
+		if (sandbox_argv_decode(s, n, &r, &err) == 0) {
+			if (!sandbox_argv_is_request(s, n) || r.stdio > 7 || !r.cwd || r.cwd[0] != '/' ||
+			    r.argc < 1 || r.argv[r.argc] || !r.envp)
+				abort();
+			/* Every string lies inside the input, NUL-terminated. */
+			for (size_t i = 0; i < r.argc; i++)
+				if (!r.argv[i] || r.argv[i] < s || r.argv[i] + strlen(r.argv[i]) >= s + n)
+					abort();
+			for (char **e = r.envp; *e; e++)
+				if (*e < s || *e + strlen(*e) >= s + n)
+					abort();
+			sandbox_argv_request_free(&r);
+		} else if (!err.msg[0]) {
+			abort();
+		}
 		break;
 	}
 	}

@@ -33,6 +33,8 @@ const struct cli_command *cli_find_command(const char *name);
 int cli_usage_error(const char *cmd, const char *fmt, ...) KILN_PRINTF(2, 3);
 /* Prints "kiln NAME: <message>" to stderr; returns EXIT_FAIL. */
 int cli_fail(const char *cmd, const char *fmt, ...) KILN_PRINTF(2, 3);
+/* cli_fail() to fd (-1: nowhere): a server reporting on a client's stderr. */
+int cli_fail_fd(int fd, const char *cmd, const char *fmt, ...) KILN_PRINTF(3, 4);
 /* Prints the help of a command to stdout; returns EXIT_OK. */
 int cli_print_help(const struct cli_command *c);
 

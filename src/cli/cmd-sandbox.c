@@ -13,7 +13,9 @@
 #include <fcntl.h>
 #include <getopt.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <sys/signalfd.h>
 #include <time.h>
@@ -101,8 +103,36 @@ struct run_opts {
 	gid_t gid;
 	uint64_t timeout_ms;
 	bool json;
-	bool local; /* --local */
+	bool local;       /* --local */
+	char *rootfs_abs; /* --rootfs made absolute (it names the client's path) */
+	char *state_abs;  /* the state dir, absolute (argv requests) */
 };
+
+/*
+ * A server parsing a client's command line (an argv request, remote-argv.h)
+ * does so under parse_lock (getopt's state is global): usage errors and
+ * --help are not printed (the client runs the full kiln, which prints
+ * them), and --env KEY reads the client's environment.
+ */
+static pthread_mutex_t parse_lock = PTHREAD_MUTEX_INITIALIZER;
+static bool parse_quiet;
+static char **parse_env;
+static const char *parse_cwd;
+
+/* KEY's value in envp (NULL-terminated), or NULL. */
+static const char *env_lookup(char **envp, const char *key)
+{
+	size_t kl = strlen(key);
+	for (char **e = envp; *e; e++)
+		if (strncmp(*e, key, kl) == 0 && (*e)[kl] == '=')
+			return *e + kl + 1;
+	return NULL;
+}
+
+static const char *run_getenv(const char *key)
+{
+	return parse_env ? env_lookup(parse_env, key) : getenv(key);
+}
 
 static int parse_user(const char *s, uid_t *uid, gid_t *gid)
 {
@@ -134,11 +164,13 @@ static bool env_has(char **env, size_t n, const char *key)
 }
 
 /* Prints a usage error; returns -2 (parse_run: < 0 means "exit now"). */
-#define usage(cmd, ...) ((void)cli_usage_error(cmd, __VA_ARGS__), -2)
+#define usage(cmd, ...) (parse_quiet ? -2 : ((void)cli_usage_error(cmd, __VA_ARGS__), -2))
 
 /* The usage error for the option getopt_long() just refused; EXIT_USAGE. */
 static int bad_option(const char *cmd, char **argv)
 {
+	if (parse_quiet)
+		return EXIT_USAGE;
 	if (optopt)
 		return cli_usage_error(cmd, "option '%s' needs a value or is unknown",
 				       argv[optind - 1]);
@@ -227,6 +259,8 @@ static int parse_run(int argc, char **argv, struct run_opts *o)
 		struct kiln_err err = {0};
 		switch (c) {
 		case 'h':
+			if (parse_quiet)
+				return -2;
 			fputs(cmd_sandbox_help, stdout);
 			return -1;
 		case 'r':
@@ -255,7 +289,7 @@ static int parse_run(int argc, char **argv, struct run_opts *o)
 			if (strchr(optarg, '=')) {
 				entry = xstrdup(optarg);
 			} else {
-				const char *val = getenv(optarg);
+				const char *val = run_getenv(optarg);
 				if (!val)
 					return usage(cmd, "--env '%s': not set in kiln's environment",
 							       optarg);
@@ -321,6 +355,16 @@ static int parse_run(int argc, char **argv, struct run_opts *o)
 	if (o->cfg.keep && o->cfg.limits.disk_bytes)
 		return usage(cmd, "--keep puts the writable layer on disk, where --disk "
 					    "cannot limit it; use one or the other");
+	/* A relative --rootfs is the caller's: a server must get it absolute. */
+	const char *r = o->cfg.rootfs;
+	if (r && !streq(r, "host") && r[0] != '/') {
+		char here[PATH_MAX];
+		const char *base = parse_cwd ? parse_cwd : getcwd(here, sizeof(here));
+		if (base) {
+			o->rootfs_abs = path_join(base, r);
+			o->cfg.rootfs = o->rootfs_abs;
+		}
+	}
 	return optind;
 }
 
@@ -332,7 +376,7 @@ static void json_u64_or_null(struct buf *b, const char *key, bool have, uint64_t
 		buf_printf(b, ",\"%s\":null", key);
 }
 
-static void print_json(const struct sandbox_result *r, const char *upper, bool served)
+static void print_json(int fd, const struct sandbox_result *r, const char *upper, bool served)
 {
 	struct buf b = BUF_INIT;
 	const struct sandbox_exit *e = &r->exit;
@@ -377,8 +421,10 @@ static void print_json(const struct sandbox_result *r, const char *upper, bool s
 	if (r->warning)
 		buf_put_json_string(&b, r->warning, strlen(r->warning));
 	buf_puts(&b, "]}\n");
-	fflush(stdout);
-	(void)write_all(STDOUT_FILENO, b.data, b.len);
+	if (fd == STDOUT_FILENO)
+		fflush(stdout);
+	if (fd >= 0)
+		(void)write_all(fd, b.data, b.len);
 	buf_release(&b);
 }
 
@@ -504,6 +550,76 @@ fail:
 				     .err_code = err.code, .err_msg = xstrdup(err.msg)};
 }
 
+/*
+ * Reports r as `kiln sandbox run` does: -o json on out_fd, failures on
+ * err_fd (-1: none). Returns the exit status.
+ */
+static int report(const struct run_opts *o, const struct sandbox_result *r, const char *upper,
+		  bool served, int out_fd, int err_fd)
+{
+	const char *cmd = "sandbox run";
+	if (r->setup_failed) {
+		cli_fail_fd(err_fd, cmd, "%s",
+			    r->err_msg ? r->err_msg : "the sandbox could not be set up");
+		return EXIT_SETUP;
+	}
+	if (!r->started) {
+		int er = r->err_code;
+		cli_fail_fd(err_fd, cmd, "%s", r->err_msg ? r->err_msg : strerror(-er));
+		if (o->json)
+			print_json(out_fd, r, upper, served);
+		return er == -ENOENT ? EXIT_NOTFOUND : er == -EACCES || er == -ENOEXEC ? EXIT_NOEXEC
+										: EXIT_SETUP;
+	}
+	if (o->json)
+		print_json(out_fd, r, upper, served);
+	if (r->exit.timed_out) {
+		char d[32];
+		format_duration_ms(o->timeout_ms, d);
+		if (!o->json)
+			cli_fail_fd(err_fd, cmd, "timed out after %s; the sandbox was killed", d);
+		return EXIT_TIMEOUT;
+	}
+	if (r->cancelled) {
+		if (!o->json)
+			cli_fail_fd(err_fd, cmd, "interrupted by SIG%s; the sandbox was killed",
+				    sigabbrev_np(r->cancel_signal) ? sigabbrev_np(r->cancel_signal)
+								   : "?");
+		return 128 + r->cancel_signal;
+	}
+	if (r->exit.oom_killed && !o->json)
+		cli_fail_fd(err_fd, cmd, "killed: out of memory (the sandbox's memory limit)");
+	return sandbox_exit_status(&r->exit);
+}
+
+/* Frees what parse_run() and add_default_env() put in o. */
+static void run_opts_free(struct run_opts *o)
+{
+	for (size_t i = 0; i < o->cfg.n_binds; i++)
+		free(o->bind_copies[i]);
+	for (size_t i = 0; i < o->n_env; i++)
+		free(o->env[i]);
+	free(o->env);
+	free(o->rootfs_abs);
+	free(o->state_abs);
+}
+
+/* Default environment entries the caller did not set. */
+static void add_default_env(struct run_opts *o)
+{
+	if (!env_has(o->env, o->n_env, "PATH")) {
+		o->env = xrealloc(o->env, (o->n_env + 2) * sizeof(char *));
+		o->env[o->n_env++] =
+			xstrdup("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+		o->env[o->n_env] = NULL;
+	}
+	if (!env_has(o->env, o->n_env, "HOME")) {
+		o->env = xrealloc(o->env, (o->n_env + 2) * sizeof(char *));
+		o->env[o->n_env++] = xstrdup(o->uid == 0 ? "HOME=/root" : "HOME=/");
+		o->env[o->n_env] = NULL;
+	}
+}
+
 static int run_main(int argc, char **argv)
 {
 	struct run_opts o = {.cfg = {.net = SANDBOX_NET_NONE}};
@@ -515,19 +631,7 @@ static int run_main(int argc, char **argv)
 		ret = first == -1 ? EXIT_OK : EXIT_USAGE;
 		goto out;
 	}
-	const char *cmd = "sandbox run";
-	/* Default environment entries the caller did not set. */
-	if (!env_has(o.env, o.n_env, "PATH")) {
-		o.env = xrealloc(o.env, (o.n_env + 2) * sizeof(char *));
-		o.env[o.n_env++] =
-			xstrdup("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
-		o.env[o.n_env] = NULL;
-	}
-	if (!env_has(o.env, o.n_env, "HOME")) {
-		o.env = xrealloc(o.env, (o.n_env + 2) * sizeof(char *));
-		o.env[o.n_env++] = xstrdup(o.uid == 0 ? "HOME=/root" : "HOME=/");
-		o.env[o.n_env] = NULL;
-	}
+	add_default_env(&o);
 
 	/* Block the cancelling signals before anything runs, then watch them. */
 	sigset_t mask, oldmask;
@@ -547,51 +651,66 @@ static int run_main(int argc, char **argv)
 		run_local(&o, argv + first, sfd, &r, &upper);
 	}
 
-	if (r.setup_failed) {
-		cli_fail(cmd, "%s", r.err_msg ? r.err_msg : "the sandbox could not be set up");
-		ret = EXIT_SETUP;
-		goto out_sig;
-	}
-	if (!r.started) {
-		int er = r.err_code;
-		cli_fail(cmd, "%s", r.err_msg ? r.err_msg : strerror(-er));
-		ret = er == -ENOENT ? EXIT_NOTFOUND : er == -EACCES || er == -ENOEXEC ? EXIT_NOEXEC
-										 : EXIT_SETUP;
-		if (o.json)
-			print_json(&r, upper, served);
-		goto out_sig;
-	}
-	if (o.json)
-		print_json(&r, upper, served);
-	if (r.exit.timed_out) {
-		char d[32];
-		format_duration_ms(o.timeout_ms, d);
-		if (!o.json)
-			cli_fail(cmd, "timed out after %s; the sandbox was killed", d);
-		ret = EXIT_TIMEOUT;
-	} else if (r.cancelled) {
-		if (!o.json)
-			cli_fail(cmd, "interrupted by SIG%s; the sandbox was killed",
-				 sigabbrev_np(r.cancel_signal) ? sigabbrev_np(r.cancel_signal) : "?");
-		ret = 128 + r.cancel_signal;
-	} else {
-		if (r.exit.oom_killed && !o.json)
-			cli_fail(cmd, "killed: out of memory (the sandbox's memory limit)");
-		ret = sandbox_exit_status(&r.exit);
-	}
-out_sig:
+	ret = report(&o, &r, upper, served, STDOUT_FILENO, STDERR_FILENO);
 	if (sfd >= 0)
 		close(sfd);
 	pthread_sigmask(SIG_SETMASK, &oldmask, NULL);
 out:
 	sandbox_result_free(&r);
 	free(upper);
-	for (size_t i = 0; i < o.cfg.n_binds; i++)
-		free(o.bind_copies[i]);
-	for (size_t i = 0; i < o.n_env; i++)
-		free(o.env[i]);
-	free(o.env);
+	run_opts_free(&o);
 	return ret;
+}
+
+/* ---- argv requests: a server parsing and reporting for the front ---------- */
+
+/* parse of sandbox_argv_handler: the same parser, the client's env and cwd. */
+static int served_parse(void *arg, char **argv, size_t argc, char **envp, const char *cwd,
+			struct sandbox_request *req, void **ctx)
+{
+	(void)arg;
+	struct run_opts *o = xcalloc(1, sizeof(*o));
+	o->cfg.net = SANDBOX_NET_NONE;
+	pthread_mutex_lock(&parse_lock);
+	parse_quiet = true;
+	parse_env = envp;
+	parse_cwd = cwd;
+	optind = 0;
+	int first = argc <= INT_MAX ? parse_run((int)argc, argv, o) : -2;
+	parse_quiet = false;
+	parse_env = NULL;
+	parse_cwd = NULL;
+	pthread_mutex_unlock(&parse_lock);
+	if (first < 0 || !servable(o)) {
+		run_opts_free(o);
+		free(o);
+		return 0;
+	}
+	add_default_env(o);
+	/* The state dir it names, for the server to compare with its own. */
+	const char *sd = o->cfg.state_dir;
+	if (!sd)
+		o->state_abs = sandbox_state_dir_for(geteuid(), env_lookup(envp, "XDG_RUNTIME_DIR"));
+	else
+		o->state_abs = sd[0] == '/' ? xstrdup(sd) : path_join(cwd, sd);
+	o->cfg.state_dir = o->state_abs;
+	*req = (struct sandbox_request){.cfg = o->cfg, .argv = argv + first, .envp = o->env,
+					.cwd = o->cwd, .uid = o->uid, .gid = o->gid,
+					.timeout_ms = o->timeout_ms, .want_stats = o->json};
+	*ctx = o;
+	return 1;
+}
+
+/* finish of sandbox_argv_handler. */
+static int served_finish(void *arg, void *ctx, const struct sandbox_result *r, int out_fd,
+			 int err_fd)
+{
+	(void)arg;
+	struct run_opts *o = ctx;
+	int status = r ? report(o, r, NULL, true, out_fd, err_fd) : EXIT_SETUP;
+	run_opts_free(o);
+	free(o);
+	return status;
 }
 
 /* ---- serve ------------------------------------------------------------------ */
@@ -624,7 +743,9 @@ static int serve_main(int argc, char **argv)
 		{0},
 	};
 	const char *cmd = "sandbox serve";
-	struct sandbox_server_config cfg = {.warm = 2, .shape = {.net = SANDBOX_NET_NONE}};
+	struct sandbox_server_config cfg = {.warm = 2, .shape = {.net = SANDBOX_NET_NONE},
+					    .argv = {.parse = served_parse,
+						     .finish = served_finish}};
 	int c;
 	opterr = 0;
 	while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {

@@ -41,7 +41,8 @@ const struct cli_command *cli_find_command(const char *name)
 	return NULL;
 }
 
-__attribute__((format(printf, 2, 0))) static int vreport(const char *cmd, const char *fmt, va_list ap)
+__attribute__((format(printf, 3, 0))) static int vreport(int fd, const char *cmd, const char *fmt,
+							 va_list ap)
 {
 	struct buf b = BUF_INIT;
 	buf_puts(&b, cmd ? "kiln " : "kiln");
@@ -51,7 +52,8 @@ __attribute__((format(printf, 2, 0))) static int vreport(const char *cmd, const 
 	buf_vprintf(&b, fmt, ap);
 	buf_putc(&b, '\n');
 	fflush(stdout);
-	(void)!write(STDERR_FILENO, b.data, b.len);
+	if (fd >= 0)
+		(void)!write(fd, b.data, b.len);
 	buf_release(&b);
 	return 0;
 }
@@ -60,7 +62,7 @@ int cli_usage_error(const char *cmd, const char *fmt, ...)
 {
 	va_list ap;
 	va_start(ap, fmt);
-	vreport(cmd, fmt, ap);
+	vreport(STDERR_FILENO, cmd, fmt, ap);
 	va_end(ap);
 	if (cmd)
 		fprintf(stderr, "Run 'kiln help %s' for usage.\n", cmd);
@@ -73,7 +75,16 @@ int cli_fail(const char *cmd, const char *fmt, ...)
 {
 	va_list ap;
 	va_start(ap, fmt);
-	vreport(cmd, fmt, ap);
+	vreport(STDERR_FILENO, cmd, fmt, ap);
+	va_end(ap);
+	return EXIT_FAIL;
+}
+
+int cli_fail_fd(int fd, const char *cmd, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	vreport(fd, cmd, fmt, ap);
 	va_end(ap);
 	return EXIT_FAIL;
 }

@@ -392,6 +392,112 @@ int sandbox_cancel_decode(const char *data, size_t len)
 	return r < 0 ? r : (int)sig;
 }
 
+/* ---- the argv request ------------------------------------------------------ */
+
+bool sandbox_argv_is_request(const char *data, size_t len)
+{
+	return len >= sizeof(SANDBOX_ARGV_MAGIC) &&
+	       memcmp(data, SANDBOX_ARGV_MAGIC, sizeof(SANDBOX_ARGV_MAGIC)) == 0;
+}
+
+struct argv_reader {
+	const char *data;
+	size_t len, pos;
+};
+
+/* The next NUL-terminated string, or NULL at the end or without its NUL. */
+static const char *argv_next(struct argv_reader *rd)
+{
+	if (rd->pos >= rd->len)
+		return NULL;
+	const char *s = rd->data + rd->pos;
+	const char *nul = memchr(s, '\0', rd->len - rd->pos);
+	if (!nul)
+		return NULL;
+	rd->pos += (size_t)(nul - s) + 1;
+	return s;
+}
+
+static int argv_count(struct argv_reader *rd, const char *what, size_t max, size_t *ret,
+		      struct kiln_err *err)
+{
+	const char *s = argv_next(rd);
+	int64_t v;
+	if (!s || parse_int64(s, 0, (int64_t)max, &v) < 0)
+		return kiln_err_set(err, -EINVAL, "bad argv request: %s must be a number up to %zu",
+				    what, max);
+	*ret = (size_t)v;
+	return 0;
+}
+
+static int argv_strings(struct argv_reader *rd, size_t n, const char *count, const char *what,
+			char ***ret, struct kiln_err *err)
+{
+	/* Every string takes at least its NUL: a count beyond what is left is
+	 * a lie, refused before allocating for it. */
+	if (n > rd->len - rd->pos)
+		return kiln_err_set(err, -EINVAL,
+				    "bad argv request: %s %zu is more than the %zu bytes that follow",
+				    count, n, rd->len - rd->pos);
+	char **v = xcalloc(n + 1, sizeof(char *));
+	for (size_t i = 0; i < n; i++) {
+		const char *s = argv_next(rd);
+		if (!s) {
+			free(v);
+			return kiln_err_set(err, -EINVAL,
+					    "bad argv request: %s %zu of %zu is missing or not "
+					    "NUL-terminated",
+					    what, i + 1, n);
+		}
+		v[i] = (char *)(uintptr_t)s;
+	}
+	*ret = v;
+	return 0;
+}
+
+int sandbox_argv_decode(const char *data, size_t len, struct sandbox_argv_request *ret,
+			struct kiln_err *err)
+{
+	*ret = (struct sandbox_argv_request){0};
+	struct argv_reader rd = {data, len, 0};
+	const char *magic = argv_next(&rd);
+	if (!magic || !streq(magic, SANDBOX_ARGV_MAGIC))
+		return kiln_err_set(err, -EINVAL, "bad argv request: it must start with '%s'",
+				    SANDBOX_ARGV_MAGIC);
+	size_t stdio = 0, envc = 0;
+	int r;
+	if ((r = argv_count(&rd, "stdio", 7, &stdio, err)) < 0)
+		return r;
+	ret->stdio = (unsigned)stdio;
+	ret->cwd = argv_next(&rd);
+	if (!ret->cwd || ret->cwd[0] != '/')
+		return kiln_err_set(err, -EINVAL, "bad argv request: cwd must be an absolute path");
+	if ((r = argv_count(&rd, "argc", SANDBOX_ARGV_MAX_STRINGS, &ret->argc, err)) < 0)
+		return r;
+	if (ret->argc == 0)
+		return kiln_err_set(err, -EINVAL, "bad argv request: argc must be at least 1");
+	if ((r = argv_strings(&rd, ret->argc, "argc", "argument", &ret->argv, err)) < 0)
+		return r;
+	if ((r = argv_count(&rd, "envc", SANDBOX_ARGV_MAX_STRINGS, &envc, err)) < 0 ||
+	    (r = argv_strings(&rd, envc, "envc", "environment entry", &ret->envp, err)) < 0) {
+		sandbox_argv_request_free(ret);
+		return r;
+	}
+	if (rd.pos != len) {
+		sandbox_argv_request_free(ret);
+		return kiln_err_set(err, -EINVAL, "bad argv request: %zu bytes after the environment",
+				    len - rd.pos);
+	}
+	return 0;
+}
+
+void sandbox_argv_request_free(struct sandbox_argv_request *r)
+{
+	free(r->argv);
+	free(r->envp);
+	*r = (struct sandbox_argv_request){0};
+}
+
 /* ---- frames ---------------------------------------------------------------- */
 
 int sandbox_frame_send(int sock, const void *data, size_t len, const int *fds, size_t nfds)

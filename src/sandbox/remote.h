@@ -19,10 +19,11 @@
  */
 #pragma once
 
+#include "sandbox/remote-argv.h"
 #include "sandbox/sandbox.h"
 
-#define SANDBOX_SERVE_SOCKET "serve.sock"
-#define SANDBOX_REMOTE_MAX_FRAME (1024 * 1024)
+#define SANDBOX_SERVE_SOCKET SANDBOX_ARGV_SOCKET
+#define SANDBOX_REMOTE_MAX_FRAME SANDBOX_ARGV_MAX_FRAME
 #define SANDBOX_REMOTE_VERSION 1
 
 struct sandbox_request {
@@ -102,6 +103,42 @@ int sandbox_frame_recv(int sock, struct buf *out, int *fds, size_t max_fds, size
  */
 int sandbox_remote_connect(const char *state_dir);
 
+/* ---- the argv request (remote-argv.h: the front's whole command line) ------ */
+
+struct sandbox_argv_request {
+	unsigned stdio; /* bit i: fd i came with it */
+	const char *cwd;
+	char **argv; /* NULL-terminated, from "run" on; point into the frame */
+	size_t argc;
+	char **envp; /* NULL-terminated */
+};
+
+/* Whether a frame is an argv request (it starts with the magic). */
+bool sandbox_argv_is_request(const char *data, size_t len);
+/* Parses one; the strings point into data. -EINVAL with a sentence. */
+int sandbox_argv_decode(const char *data, size_t len, struct sandbox_argv_request *ret,
+			struct kiln_err *err);
+void sandbox_argv_request_free(struct sandbox_argv_request *r);
+
+/*
+ * How a server takes argv requests (the CLI's parser, so that the server
+ * reads a command line exactly as `kiln sandbox run` does).
+ */
+struct sandbox_argv_handler {
+	/*
+	 * Turns the command line into *req (strings may point into argv and
+	 * envp, which outlive the run) and *ctx: 1; or 0: the server answers
+	 * "local" (a usage error, --help, options the server does not take).
+	 * req->cfg.state_dir must be the absolute state dir the command names.
+	 */
+	int (*parse)(void *arg, char **argv, size_t argc, char **envp, const char *cwd,
+		     struct sandbox_request *req, void **ctx);
+	/* Reports r on out_fd / err_fd (-1: the client has none) as the command
+	 * would, frees ctx, and returns the command's exit status. */
+	int (*finish)(void *arg, void *ctx, const struct sandbox_result *r, int out_fd, int err_fd);
+	void *arg;
+};
+
 /* ---- the server (serve.c) ------------------------------------------------- */
 
 struct sandbox_server_config {
@@ -113,6 +150,8 @@ struct sandbox_server_config {
 	 * afterwards the shape of the last request. */
 	struct sandbox_config shape;
 	unsigned warm; /* sandboxes kept ready (0: none, every run is cold) */
+	/* argv requests (parse NULL: every one is answered "local"). */
+	struct sandbox_argv_handler argv;
 };
 
 /*

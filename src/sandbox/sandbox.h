@@ -214,6 +214,9 @@ int sandbox_cleanup_leftovers(const char *state_dir, const char *cgroup_root);
 
 /* The default state dir (cfg.state_dir NULL); the caller frees it. */
 char *sandbox_default_state_dir(void);
+/* The default state dir of a process of uid with $XDG_RUNTIME_DIR (or NULL)
+ * (the front's rule too: src/front/kiln.c). */
+char *sandbox_state_dir_for(uid_t uid, const char *xdg_runtime_dir);
 
 /* ---- processes inside a sandbox ------------------------------------------ */
 

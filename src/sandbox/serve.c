@@ -69,6 +69,8 @@ struct conn {
 
 struct server {
 	const struct sandbox_server_config *cfg;
+	dev_t state_dev; /* the state dir's: argv requests must name it */
+	ino_t state_ino;
 	struct pool pool;
 	pthread_mutex_t lock; /* conns */
 	struct conn *conns;
@@ -371,6 +373,139 @@ static int read_client_cancel(int sock, void *arg)
 	return sig > 0 ? sig : -1;
 }
 
+/*
+ * Runs req in a warm or a new sandbox and fills res. Returns the sandbox,
+ * for pool_done() once the client has its answer (NULL: none was made).
+ * The client's fds stay open unless close_fds (the command has its own
+ * copies once it started).
+ */
+static struct sandbox *run_request(struct server *srv, int sock, const struct sandbox_request *req,
+				   const int stdio[3], int *fds, size_t *nfds, bool close_fds,
+				   struct sandbox_result *res, struct sb_trace *tr)
+{
+	struct kiln_err err = {0};
+	struct sandbox *sb = pool_take(&srv->pool, &req->cfg);
+	res->warm = sb != NULL;
+	if (!sb) {
+		struct sandbox_config c = full_config(srv, &req->cfg);
+		if (sandbox_create(&c, &sb, &err) < 0) {
+			res->setup_failed = true;
+			res->err_code = err.code;
+			res->err_msg = xstrdup(err.msg);
+			return NULL;
+		}
+	}
+	sb_trace_mark(tr, res->warm ? "warm sandbox taken" : "sandbox made");
+	sandbox_result_set_info(res, sb);
+
+	struct sandbox_exec ex = {.argv = req->argv, .envp = req->envp, .cwd = req->cwd,
+				  .stdin_fd = stdio[0], .stdout_fd = stdio[1],
+				  .stderr_fd = stdio[2], .uid = req->uid, .gid = req->gid,
+				  .sole = true};
+	struct sandbox_process *proc = NULL;
+	int r = sandbox_exec(sb, &ex, &proc, &err);
+	if (close_fds) {
+		for (size_t i = 0; i < *nfds; i++)
+			close(fds[i]);
+		*nfds = 0;
+	}
+	if (r >= 0) {
+		sb_trace_mark(tr, "started");
+		res->started = true;
+		/* The client going away or the server stopping (our read side
+		 * shut) cancels like an explicit cancel. */
+		struct buf cb = BUF_INIT;
+		sandbox_run_wait(sb, proc, req->timeout_ms, sock, read_client_cancel, &cb, res);
+		buf_release(&cb);
+		sb_trace_mark(tr, "exited");
+		sandbox_process_free(proc);
+		/* Nothing of the command runs any more (sole): its accounting
+		 * is final. */
+		if (req->want_stats)
+			res->have_stats = sandbox_stats(sb, &res->stats) >= 0;
+	} else {
+		res->err_code = r;
+		res->err_msg = xstrdup(err.msg);
+	}
+	return sb;
+}
+
+/* The client's fd i of those that came (stdio: which did), or -1. */
+static int pick_stdio(unsigned stdio, const int *fds, size_t nfds, int out[3])
+{
+	size_t k = 0;
+	for (int i = 0; i < 3; i++) {
+		out[i] = -1;
+		if (stdio & (1u << i)) {
+			if (k >= nfds)
+				return -EPROTO;
+			out[i] = fds[k++];
+		}
+	}
+	return 0;
+}
+
+static void send_text(int sock, const char *msg)
+{
+	int r = sandbox_frame_send(sock, msg, strlen(msg), NULL, 0);
+	if (r < 0)
+		log_debug("answer not delivered (the client is gone) error=\"%s\"", strerror(-r));
+}
+
+/*
+ * An argv request (remote-argv.h): the CLI's parser makes the request; the
+ * CLI's report goes to the client's stdout/stderr; the client gets the
+ * exit status.
+ */
+static void serve_argv(struct server *srv, int sock, struct buf *b, int *fds, size_t *nfds,
+		       struct sb_trace *tr)
+{
+	const struct sandbox_argv_handler *h = &srv->cfg->argv;
+	struct sandbox_argv_request ar;
+	struct sandbox_request req = {0};
+	struct kiln_err err = {0};
+	void *ctx = NULL;
+	int stdio[3];
+	if (sandbox_argv_decode(b->data, b->len, &ar, &err) < 0) {
+		log_debug("argv request refused error=\"%s\"", err.msg);
+		return; /* the client reads EOF and says so */
+	}
+	if (pick_stdio(ar.stdio, fds, *nfds, stdio) < 0) {
+		log_debug("argv request refused error=\"fewer fds than its stdio mask names\"");
+		goto out;
+	}
+	struct stat st;
+	if (!h->parse || h->parse(h->arg, ar.argv, ar.argc, ar.envp, ar.cwd, &req, &ctx) <= 0 ||
+	    !req.cfg.state_dir || stat(req.cfg.state_dir, &st) < 0 || st.st_dev != srv->state_dev ||
+	    st.st_ino != srv->state_ino) {
+		/* Not ours to run: the client runs it itself. */
+		if (ctx)
+			(void)h->finish(h->arg, ctx, NULL, -1, -1);
+		send_text(sock, "local");
+		goto out;
+	}
+	req.stdio = ar.stdio;
+	sb_trace_mark(tr, "argv parsed");
+	struct sandbox_result res = {.exit = {.exit_code = -1}};
+	struct sandbox *sb = run_request(srv, sock, &req, stdio, fds, nfds, false, &res, tr);
+	int status = h->finish(h->arg, ctx, &res, stdio[1], stdio[2]);
+	/* No copy of the client's stdio outlives its answer. */
+	for (size_t i = 0; i < *nfds; i++)
+		close(fds[i]);
+	*nfds = 0;
+	char msg[32];
+	snprintf(msg, sizeof(msg), "exit %d", status & 0xff);
+	send_text(sock, msg);
+	sb_trace_mark(tr, "result sent");
+	sb_trace_end(tr, res.id);
+	log_debug("sandbox run id=%s status=%d", res.id, status);
+	sandbox_result_free(&res);
+	shutdown(sock, SHUT_RDWR);
+	pool_done(&srv->pool, sb);
+out:
+	sandbox_argv_request_free(&ar);
+}
+
 static void serve_one(struct server *srv, int sock)
 {
 	struct buf b = BUF_INIT;
@@ -393,6 +528,10 @@ static void serve_one(struct server *srv, int sock)
 	if (r <= 0)
 		goto out; /* went away before asking */
 	sb_trace_mark(&tr, "request received");
+	if (sandbox_argv_is_request(b.data, b.len)) {
+		serve_argv(srv, sock, &b, fds, &nfds, &tr);
+		goto out;
+	}
 	if (sandbox_request_decode(b.data, b.len, &req, &err) < 0) {
 		/* Not a command: a status request (rare, so parsed second), or bad. */
 		if (sandbox_status_is_request(b.data, b.len)) {
@@ -410,59 +549,13 @@ static void serve_one(struct server *srv, int sock)
 		reply_error(sock, err.code, err.msg);
 		goto out;
 	}
-	int stdio[3] = {-1, -1, -1};
-	size_t k = 0;
-	for (int i = 0; i < 3; i++)
-		if (req.stdio & (1u << i)) {
-			if (k >= nfds) {
-				reply_error(sock, -EPROTO, "bad request: fewer fds than 'stdio' names");
-				goto out;
-			}
-			stdio[i] = fds[k++];
-		}
-
+	int stdio[3];
+	if (pick_stdio(req.stdio, fds, nfds, stdio) < 0) {
+		reply_error(sock, -EPROTO, "bad request: fewer fds than 'stdio' names");
+		goto out;
+	}
 	struct sandbox_result res = {.exit = {.exit_code = -1}};
-	struct sandbox *sb = pool_take(&srv->pool, &req.cfg);
-	res.warm = sb != NULL;
-	if (!sb) {
-		struct sandbox_config c = full_config(srv, &req.cfg);
-		if (sandbox_create(&c, &sb, &err) < 0) {
-			reply_error(sock, err.code, err.msg);
-			pool_done(&srv->pool, NULL);
-			goto out;
-		}
-	}
-	sb_trace_mark(&tr, res.warm ? "warm sandbox taken" : "sandbox made");
-	sandbox_result_set_info(&res, sb);
-
-	struct sandbox_exec ex = {.argv = req.argv, .envp = req.envp, .cwd = req.cwd,
-				  .stdin_fd = stdio[0], .stdout_fd = stdio[1],
-				  .stderr_fd = stdio[2], .uid = req.uid, .gid = req.gid,
-				  .sole = true};
-	struct sandbox_process *proc = NULL;
-	r = sandbox_exec(sb, &ex, &proc, &err);
-	/* The command has its own copies now. */
-	for (size_t i = 0; i < nfds; i++)
-		close(fds[i]);
-	nfds = 0;
-	if (r >= 0) {
-		sb_trace_mark(&tr, "started");
-		res.started = true;
-		/* The client going away or the server stopping (our read side
-		 * shut) cancels like an explicit cancel. */
-		struct buf cb = BUF_INIT;
-		sandbox_run_wait(sb, proc, req.timeout_ms, sock, read_client_cancel, &cb, &res);
-		buf_release(&cb);
-		sb_trace_mark(&tr, "exited");
-		sandbox_process_free(proc);
-		/* Nothing of the command runs any more (sole): its accounting
-		 * is final. */
-		if (req.want_stats)
-			res.have_stats = sandbox_stats(sb, &res.stats) >= 0;
-	} else {
-		res.err_code = r;
-		res.err_msg = xstrdup(err.msg);
-	}
+	struct sandbox *sb = run_request(srv, sock, &req, stdio, fds, &nfds, true, &res, &tr);
 	reply(sock, &res);
 	sb_trace_mark(&tr, "result sent");
 	sb_trace_end(&tr, res.id);
@@ -565,6 +658,16 @@ int sandbox_serve(const struct sandbox_server_config *cfg, int stop_fd,
 		return lfd;
 
 	struct server srv = {.cfg = cfg};
+	struct stat st;
+	if (stat(state, &st) < 0) {
+		r = -errno;
+		unlink(sock_path);
+		close(lfd);
+		return kiln_err_set(err, r, "cannot stat the state dir '%s': %s", state,
+				    strerror(-r));
+	}
+	srv.state_dev = st.st_dev;
+	srv.state_ino = st.st_ino;
 	pthread_mutex_init(&srv.lock, NULL);
 	pthread_mutex_init(&srv.pool.lock, NULL);
 	pthread_cond_init(&srv.pool.cond, NULL);

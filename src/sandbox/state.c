@@ -35,14 +35,18 @@
 #define SLOT_SIZE 4096
 #define MAX_SLOTS 65536
 
+char *sandbox_state_dir_for(uid_t uid, const char *xdg_runtime_dir)
+{
+	if (uid == 0)
+		return xstrdup("/var/lib/kiln/sandbox");
+	if (xdg_runtime_dir && xdg_runtime_dir[0] == '/')
+		return xasprintf("%s/kiln/sandbox", xdg_runtime_dir);
+	return xasprintf("/tmp/kiln-%u/sandbox", (unsigned)uid);
+}
+
 char *sandbox_default_state_dir(void)
 {
-	if (geteuid() == 0)
-		return xstrdup("/var/lib/kiln/sandbox");
-	const char *xdg = getenv("XDG_RUNTIME_DIR");
-	if (xdg && xdg[0] == '/')
-		return xasprintf("%s/kiln/sandbox", xdg);
-	return xasprintf("/tmp/kiln-%u/sandbox", (unsigned)geteuid());
+	return sandbox_state_dir_for(geteuid(), getenv("XDG_RUNTIME_DIR"));
 }
 
 static int slot_lock(int fd, uint32_t slot, short type)

@@ -462,6 +462,65 @@ TEST(remote_request_rejects)
 	}
 }
 
+/* The front's argv request (remote-argv.h): what it parses and what it refuses. */
+TEST(remote_argv_request)
+{
+	static const char ok[] = "kiln-argv 1\0" "5\0" "/home/u\0" "3\0run\0--\0true\0"
+				 "2\0PATH=/bin\0E=\0";
+	struct sandbox_argv_request r;
+	struct kiln_err err = {0};
+	CHECK(sandbox_argv_is_request(ok, sizeof(ok) - 1));
+	CHECK_EQ(sandbox_argv_decode(ok, sizeof(ok) - 1, &r, &err), 0);
+	CHECK_EQ(r.stdio, 5);
+	CHECK_STREQ(r.cwd, "/home/u");
+	CHECK_EQ(r.argc, 3);
+	CHECK_STREQ(r.argv[0], "run");
+	CHECK_STREQ(r.argv[2], "true");
+	CHECK(r.argv[3] == NULL);
+	CHECK_STREQ(r.envp[0], "PATH=/bin");
+	CHECK_STREQ(r.envp[1], "E=");
+	CHECK(r.envp[2] == NULL);
+	sandbox_argv_request_free(&r);
+	/* No environment at all is fine. */
+	static const char noenv[] = "kiln-argv 1\0" "0\0/\0" "1\0run\0" "0\0";
+	CHECK_EQ(sandbox_argv_decode(noenv, sizeof(noenv) - 1, &r, &err), 0);
+	CHECK(r.envp[0] == NULL);
+	sandbox_argv_request_free(&r);
+
+	static const struct {
+		const char *data;
+		size_t len;
+		const char *msg;
+	} bad[] = {
+#define B(lit, msg) {lit, sizeof(lit) - 1, msg}
+		B("kiln-argv 2\0", "must start with 'kiln-argv 1'"),
+		B("kiln-argv 1", "must start with"),
+		B("kiln-argv 1\0" "8\0/\0", "stdio must be a number up to 7"),
+		B("kiln-argv 1\0" "-1\0/\0", "stdio must be a number"),
+		B("kiln-argv 1\0" "7\0rel\0", "cwd must be an absolute path"),
+		B("kiln-argv 1\0" "7\0/\0" "0\0" "0\0", "argc must be at least 1"),
+		B("kiln-argv 1\0" "7\0/\0" "x\0", "argc must be a number"),
+		B("kiln-argv 1\0" "7\0/\0" "65537\0", "argc must be a number up to 65536"),
+		B("kiln-argv 1\0" "7\0/\0" "9\0a\0b\0", "argc 9 is more than the 4 bytes"),
+		B("kiln-argv 1\0" "7\0/\0" "3\0a\0b\0", "argument 3 of 3 is missing"),
+		B("kiln-argv 1\0" "7\0/\0" "2\0a\0bcd", "argument 2 of 2 is missing or not NUL"),
+		B("kiln-argv 1\0" "7\0/\0" "1\0a\0", "envc must be a number"),
+		B("kiln-argv 1\0" "7\0/\0" "1\0a\0" "1\0E", "environment entry 1 of 1"),
+		B("kiln-argv 1\0" "7\0/\0" "1\0a\0" "0\0x", "1 bytes after the environment"),
+#undef B
+	};
+	for (size_t i = 0; i < ARRAY_SIZE(bad); i++) {
+		struct kiln_err e = {0};
+		CHECK(sandbox_argv_decode(bad[i].data, bad[i].len, &r, &e) == -EINVAL);
+		if (!strstr(e.msg, bad[i].msg))
+			fprintf(stderr, "# bad[%zu]: got \"%s\"\n", i, e.msg);
+		CHECK(strstr(e.msg, bad[i].msg) != NULL);
+		CHECK(r.argv == NULL && r.envp == NULL);
+	}
+	CHECK(!sandbox_argv_is_request("{\"v\":1}", 7));
+	CHECK(!sandbox_argv_is_request("kiln-argv 1", 11));
+}
+
 TEST(remote_result_round_trip)
 {
 	struct sandbox_result in = {
