@@ -13,6 +13,9 @@ import unittest
 HERE = os.path.dirname(os.path.abspath(__file__))
 SRC = os.environ.get("KILN_SRC", os.path.dirname(os.path.dirname(HERE)))
 KILN = os.environ.get("KILN", os.path.join(SRC, "build", "src", "cli", "kiln"))
+# The full kiln: the same as KILN where no front is built (decision 0025).
+_CORE = os.path.join(os.path.dirname(KILN), "kiln-core")
+KILN_CORE = os.environ.get("KILN_CORE_EXE", _CORE if os.path.exists(_CORE) else KILN)
 KILN_INIT = os.environ.get("KILN_INIT", os.path.join(SRC, "build", "src", "init", "kiln-init"))
 
 
@@ -22,6 +25,7 @@ def run(args, *, input=None, timeout=60, env=None, cwd=None, binary=None):
     full_env = dict(os.environ)
     full_env.pop("KILN_ADDR", None)
     full_env.pop("KILN_TOKEN", None)
+    full_env.pop("KILN_CORE", None)
     if env:
         full_env.update(env)
     return subprocess.run(cmd, input=input, capture_output=True, text=True,

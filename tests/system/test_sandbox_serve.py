@@ -290,5 +290,117 @@ class ServeTest(kilntest.TempDirTestCase):
         self.assertTrue(res["served"])
 
 
+    # ---- the front: `kiln` handing the whole command line over ------------
+
+    def argv_frame(self, args, env=(), stdio=0, cwd="/"):
+        body = b"kiln-argv 1\0" + b"%d\0" % stdio + cwd.encode() + b"\0"
+        body += b"%d\0" % len(args) + b"".join(a.encode() + b"\0" for a in args)
+        body += b"%d\0" % len(env) + b"".join(e.encode() + b"\0" for e in env)
+        return body
+
+    def ask(self, body, fds=()):
+        """Sends one frame to the server; its answer (b"" when it closes)."""
+        import socket
+        import struct
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(30)
+        s.connect(os.path.join(self.state, "serve.sock"))
+        socket.send_fds(s, [struct.pack("=I", len(body)) + body], list(fds))
+        head = s.recv(4, socket.MSG_WAITALL)
+        answer = s.recv(struct.unpack("=I", head)[0], socket.MSG_WAITALL) if head else b""
+        s.close()
+        return answer
+
+    @unittest.skipIf(kilntest.KILN_CORE == kilntest.KILN, "no front built (no musl-gcc)")
+    def test_the_front_and_the_full_kiln_give_the_same_served_run(self):
+        self.start_server()
+        cmd = ["sh", "-c", "read x; echo out $x $FOO $(id -u); echo err >&2; exit 5"]
+        opts = ["--env", "FOO", "--user", "1000"]
+        env = {"FOO": "from-the-client"}
+        r, res, out = self.sbx(cmd, *opts, input="in\n", env=env)
+        self.status("--wait", "30s")
+        core = run(["sandbox", "run", "--state-dir", self.state, "-o", "json", *opts, "--", *cmd],
+                   input="in\n", env=env, binary=kilntest.KILN_CORE)
+        cres = json.loads(core.stdout.splitlines()[-1])
+        self.assertEqual(out, "out in from-the-client 1000\n")
+        self.assertEqual((r.returncode, r.stderr), (5, "err\n"))
+        self.assertEqual((core.returncode, core.stdout.splitlines()[0], core.stderr),
+                         (r.returncode, out.strip(), r.stderr))
+        self.assertTrue(res["served"] and res["warm"] and cres["served"] and cres["warm"])
+        # A global option first: the full kiln runs and hands it over itself.
+        r = run(["--log-level", "error", "sandbox", "run", "--state-dir", self.state,
+                 "-o", "json", "--", "true"])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertTrue(json.loads(r.stdout)["served"])
+
+    def test_what_the_server_does_not_take_the_full_kiln_runs(self):
+        self.start_server()
+        # --help and usage errors: printed once, by the full kiln.
+        r = run(["sandbox", "run", "--state-dir", self.state, "--help"])
+        self.assertEqual(r.returncode, 0)
+        self.assertIn("usage: kiln sandbox run", r.stdout)
+        r = run(["sandbox", "run", "--state-dir", self.state, "--no-such-option", "--", "true"])
+        self.assertEqual(r.returncode, 2)
+        self.assertEqual(r.stderr.count("unknown option '--no-such-option'"), 1, r.stderr)
+        r = run(["sandbox", "run", "--state-dir", self.state, "--env", "UNSET_KILN_VAR", "--",
+                 "true"])
+        self.assertEqual(r.returncode, 2)
+        self.assertIn("not set in kiln's environment", r.stderr)
+        # The front guesses the socket from the first --state-dir; the
+        # parser takes the last: the server sees another state dir, says
+        # "local", and the full kiln runs it there.
+        other = os.path.join(self.tmp, "other")
+        r = run(["sandbox", "run", "--state-dir", self.state, "--state-dir", other, "-o", "json",
+                 "--", "true"])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertFalse(json.loads(r.stdout)["served"])
+        self.assertEqual(live_slots(other), 0)
+        # A relative --rootfs is the client's: the server gets it absolute.
+        r = run(["sandbox", "run", "--state-dir", self.state, "--rootfs", "no-such-rootfs-kiln",
+                 "--", "true"], cwd=self.tmp)
+        self.assertEqual(r.returncode, 125)
+        self.assertIn(f"rootfs '{self.tmp}/no-such-rootfs-kiln'", r.stderr)
+
+    @unittest.skipIf(kilntest.KILN_CORE == kilntest.KILN, "no front built (no musl-gcc)")
+    def test_the_front_without_the_full_kiln_says_so(self):
+        r = run(["version"], env={"KILN_CORE": "/nonexistent-kiln-core"})
+        self.assertEqual(r.returncode, 125)
+        self.assertIn("cannot run the full kiln ($KILN_CORE)", r.stderr)
+
+    def test_argv_requests(self):
+        self.start_server()
+        rd, wr = os.pipe()
+        try:
+            args = ["run", "--state-dir", self.state, "--", "sh", "-c", "echo hi; exit 7"]
+            self.assertEqual(self.ask(self.argv_frame(args, stdio=2), [wr]), b"exit 7")
+            os.close(wr)
+            wr = -1
+            self.assertEqual(os.read(rd, 100), b"hi\n")
+            self.assertEqual(os.read(rd, 100), b"")  # no copy of the client's stdout is left
+        finally:
+            os.close(rd)
+            if wr >= 0:
+                os.close(wr)
+        # Options the server does not take, and another state dir: "local".
+        ws = os.path.join(self.tmp, "ws")
+        os.makedirs(ws)
+        for args in (["run", "--state-dir", self.state, "--workspace", ws, "--", "true"],
+                     ["run", "--state-dir", self.state, "--local", "--", "true"],
+                     ["run", "--state-dir", self.tmp, "--", "true"],
+                     ["run", "--state-dir", self.state, "--bogus"],
+                     ["run", "--state-dir", self.state, "--help"],
+                     ["run", "--", "true"]):
+            self.assertEqual(self.ask(self.argv_frame(args)), b"local", args)
+        # Malformed: the connection is closed, never hung.
+        for body in (b"kiln-argv 1\0", self.argv_frame(["run"], stdio=8),
+                     self.argv_frame(["run", "--", "true"], cwd="rel"),
+                     self.argv_frame(["run", "--state-dir", self.state, "--", "true"], stdio=1),
+                     self.argv_frame(["run"])[:-1] + b"x",
+                     b"kiln-argv 1\0" b"0\0/\0" b"99999999\0"):
+            self.assertEqual(self.ask(body), b"", body)
+        _, res, _ = self.sbx(["true"])
+        self.assertTrue(res["served"])
+
+
 if __name__ == "__main__":
     kilntest.main()
