@@ -219,24 +219,30 @@ static int read_full(int fd, void *buf, size_t len)
 	return 0;
 }
 
-/* The server's answer: 0 "local", 1 "exit N" (*status), -1 anything else. */
+/*
+ * The server's answer: 0 "local", 1 "exit N" (*status); -1 none (EOF),
+ * -2 one this front does not know (a server of another kiln version).
+ */
 static int read_answer(int sock, int *status)
 {
 	uint32_t len;
 	char msg[64];
-	if (read_full(sock, &len, sizeof(len)) < 0 || len >= sizeof(msg) ||
-	    read_full(sock, msg, len) < 0)
+	if (read_full(sock, &len, sizeof(len)) < 0)
+		return -1;
+	if (len >= sizeof(msg))
+		return -2;
+	if (read_full(sock, msg, len) < 0)
 		return -1;
 	msg[len] = '\0';
 	if (!strcmp(msg, "local"))
 		return 0;
 	char *end;
 	if (strncmp(msg, "exit ", 5) != 0)
-		return -1;
+		return -2;
 	errno = 0;
 	long v = strtol(msg + 5, &end, 10);
 	if (errno || *end || end == msg + 5 || v < 0 || v > 255)
-		return -1;
+		return -2;
 	*status = (int)v;
 	return 1;
 }
@@ -335,6 +341,12 @@ static void served_run(int argc, char **argv)
 				}
 				sigprocmask(SIG_SETMASK, &old, NULL);
 				return;
+			}
+			if (r == -2) {
+				say("kiln sandbox run",
+				    "kiln sandbox serve gave an answer this kiln does not know "
+				    "(a server of another kiln version? restart it)");
+				exit(EXIT_SETUP);
 			}
 			break;
 		}

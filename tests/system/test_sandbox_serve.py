@@ -367,6 +367,39 @@ class ServeTest(kilntest.TempDirTestCase):
         self.assertEqual(r.returncode, 125)
         self.assertIn("cannot run the full kiln ($KILN_CORE)", r.stderr)
 
+    @unittest.skipIf(kilntest.KILN_CORE == kilntest.KILN, "no front built (no musl-gcc)")
+    def test_the_front_facing_a_server_it_does_not_understand(self):
+        # A stand-in server: one answers like a server of the JSON protocol
+        # only, one closes without a word. The front says which, exits 125.
+        import socket
+        import struct
+        import threading
+        os.makedirs(self.state)
+        path = os.path.join(self.state, "serve.sock")
+        for answer, msg in ((b'{"setup_failed":true,"error":"bad request"}',
+                             "an answer this kiln does not know"),
+                            (b"exit x", "an answer this kiln does not know"),
+                            (None, "closed the connection without a result")):
+            ls = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            ls.bind(path)
+            ls.listen(1)
+
+            def serve():
+                c, _ = ls.accept()
+                n = struct.unpack("=I", c.recv(4, socket.MSG_WAITALL))[0]
+                c.recv(n, socket.MSG_WAITALL)
+                if answer is not None:
+                    c.sendall(struct.pack("=I", len(answer)) + answer)
+                c.close()
+            t = threading.Thread(target=serve)
+            t.start()
+            r = run(["sandbox", "run", "--state-dir", self.state, "--", "true"])
+            t.join(timeout=30)
+            ls.close()
+            os.unlink(path)
+            self.assertEqual(r.returncode, 125, r.stderr)
+            self.assertIn(msg, r.stderr)
+
     def test_argv_requests(self):
         self.start_server()
         rd, wr = os.pipe()
