@@ -104,7 +104,7 @@ static const char *state_dir_arg(int argc, char **argv)
 		for (const char *const *f = flags; *f; f++)
 			flag |= !strcmp(a, *f);
 		/* "--opt=value" and "-oVALUE" carry their value. */
-		if (!flag && !strchr(a, '=') && !(a[1] != '-' && a[2]))
+		if (!flag && !strchr(a, '=') && !(a[1] && a[1] != '-' && a[2]))
 			i++;
 	}
 	return NULL;
