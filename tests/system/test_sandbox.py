@@ -701,6 +701,40 @@ class RootlessSandboxTest(kilntest.TempDirTestCase):
         self.assertEqual(r.returncode, 125)
         self.assertIn("limits need a writable cgroup", r.stderr)
 
+    def test_served_by_a_rootless_server_in_the_default_state_dir(self):
+        # Both ends find $XDG_RUNTIME_DIR/kiln/sandbox by themselves (the
+        # front computes the socket's path, the server checks it is its own).
+        xdg = os.path.join(self.tmp, "xdg")
+        os.makedirs(xdg, mode=0o700)
+        os.chown(xdg, self.uid, self.gid)
+        env = dict(os.environ, XDG_RUNTIME_DIR=xdg)
+        user = ["setpriv", f"--reuid={self.uid}", f"--regid={self.gid}", "--clear-groups",
+                kilntest.KILN, "sandbox"]
+        srv = subprocess.Popen(user + ["serve", "--warm", "1"], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.monotonic() + 60
+            while subprocess.run(user + ["status", "--wait", "30s"], env=env,
+                                 capture_output=True).returncode != 0:
+                self.assertIsNone(srv.poll(), "kiln sandbox serve exited")
+                self.assertLess(time.monotonic(), deadline)
+                time.sleep(0.05)
+            # With a front, the full kiln must not even be needed.
+            run_env = env if kilntest.KILN_CORE == kilntest.KILN else \
+                dict(env, KILN_CORE="/nonexistent-kiln-core")
+            r = subprocess.run(user + ["run", "-o", "json", "--", "sh", "-c", "id -u"],
+                               env=run_env, capture_output=True, text=True, timeout=120)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            out, res = r.stdout.splitlines()
+            res = json.loads(res)
+            self.assertEqual(out, "0")
+            self.assertTrue(res["served"] and res["warm"] and res["rootless"])
+        finally:
+            srv.terminate()
+            self.assertEqual(srv.wait(timeout=60), 0, srv.stderr.read())
+            srv.stderr.close()
+        self.assertFalse(os.path.exists(os.path.join(xdg, "kiln", "sandbox", "serve.sock")))
+
     def test_timeout_and_teardown(self):
         marker = f"kiln-rootless-{os.getpid()}"
         r, res, _ = self.sbx(["sh", "-c", f"setsid sh -c 'sleep 300; : {marker}' & sleep 300"],
