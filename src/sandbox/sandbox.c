@@ -441,6 +441,14 @@ static int build_plan(const struct sandbox_config *cfg, struct sb_plan *plan, st
 	return 0;
 }
 
+/* Appends msg to the sandbox's warning ("; " between sentences). */
+static void add_warning(char **warning, const char *msg)
+{
+	char *old = *warning;
+	*warning = old ? xasprintf("%s; %s", old, msg) : xstrdup(msg);
+	free(old);
+}
+
 /* ---- trees (root mode) --------------------------------------------------- */
 
 /*
@@ -1122,6 +1130,10 @@ int sandbox_create(const struct sandbox_config *cfg, struct sandbox **ret, struc
 	}
 	if (netns)
 		netns_unref(netns);
+	if (cfg->workspace && cfg->limits.disk_bytes)
+		add_warning(&sb->warning, "the disk limit covers the writable layer, /tmp and "
+					  "/dev/shm, not the workspace (that would take filesystem "
+					  "project quotas)");
 	sb->tr = NULL;
 	sb_trace_end(&tr, sb->id);
 	*ret = sb;

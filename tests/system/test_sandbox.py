@@ -456,6 +456,17 @@ a, _ = srv.accept(); c.sendall(b"ping"); print("loopback", a.recv(4).decode())
                                 "dd if=/dev/zero of=/usr/big bs=1M count=32 2>&1 | tail -1"],
                                "--disk", "8Mi")
         self.assertIn("No space left on device", out)
+        self.assertEqual(res["warnings"], [])
+        # The workspace is the host's directory: the limit does not reach it,
+        # and the result says so rather than leave it to be found out.
+        ws = os.path.join(self.tmp, "disk-ws")
+        os.makedirs(ws)
+        r, res, out = self.sbx(["sh", "-c", "dd if=/dev/zero of=/workspace/big bs=1M count=16 "
+                                "2>/dev/null; wc -c < /workspace/big"],
+                               "--disk", "8Mi", "--workspace", ws)
+        self.assertEqual((r.returncode, out.strip()), (0, str(16 << 20)), r.stderr)
+        self.assertEqual(len(res["warnings"]), 1, res["warnings"])
+        self.assertIn("not the workspace", res["warnings"][0])
 
     def test_timeout_kills_everything(self):
         marker = f"kiln-timeout-{os.getpid()}"
