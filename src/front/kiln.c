@@ -306,6 +306,9 @@ static void served_run(int argc, char **argv)
 		goto local; /* the server went away before reading it */
 
 	int sfd = signalfd(-1, &mask, SFD_CLOEXEC);
+	if (sfd < 0)
+		sigprocmask(SIG_SETMASK, &old, NULL); /* a signal kills us: the server
+							 sees EOF, which cancels */
 	int cancelled = 0;
 	for (;;) {
 		struct pollfd pfd[2] = {{.fd = sock, .events = POLLIN}, {.fd = sfd, .events = POLLIN}};
