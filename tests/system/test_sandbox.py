@@ -746,6 +746,29 @@ class RootlessSandboxTest(kilntest.TempDirTestCase):
             srv.stderr.close()
         self.assertFalse(os.path.exists(os.path.join(xdg, "kiln", "sandbox", "serve.sock")))
 
+    def test_a_server_refuses_another_users_runs(self):
+        # A rootless server: root can reach its socket, but nothing of root's
+        # is run there; the full kiln says why.
+        user = ["setpriv", f"--reuid={self.uid}", f"--regid={self.gid}", "--clear-groups",
+                kilntest.KILN, "sandbox"]
+        srv = subprocess.Popen(user + ["serve", "--state-dir", self.state, "--warm", "0"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.monotonic() + 60
+            while subprocess.run(user + ["status", "--state-dir", self.state],
+                                 capture_output=True).returncode != 0:
+                self.assertIsNone(srv.poll(), "kiln sandbox serve exited")
+                self.assertLess(time.monotonic(), deadline)
+                time.sleep(0.05)
+            r = run(["sandbox", "run", "--state-dir", self.state, "--", "true"])
+            self.assertEqual(r.returncode, 125, r.stderr)
+            self.assertIn(f"refused: the server runs as uid {self.uid}, the client as 0",
+                          r.stderr)
+        finally:
+            srv.terminate()
+            self.assertEqual(srv.wait(timeout=60), 0, srv.stderr.read())
+            srv.stderr.close()
+
     def test_timeout_and_teardown(self):
         marker = f"kiln-rootless-{os.getpid()}"
         r, res, _ = self.sbx(["sh", "-c", f"setsid sh -c 'sleep 300; : {marker}' & sleep 300"],
