@@ -23,8 +23,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		if (sandbox_request_decode(s, n, &r, &err) == 0) {
 			if (!r.argv || !r.argv[0] || !r.argv[0][0] || r.stdio > 7 ||
 			    (r.cwd && r.cwd[0] != '/') || r.uid > 65535 ||
-			    (r.cfg.rootfs && !streq(r.cfg.rootfs, "host") && r.cfg.rootfs[0] != '/'))
+			    (r.cfg.rootfs && !streq(r.cfg.rootfs, "host") && r.cfg.rootfs[0] != '/') ||
+			    (r.cfg.workspace && r.cfg.workspace[0] != '/') ||
+			    r.cfg.n_binds > SANDBOX_MAX_BINDS)
 				abort();
+			for (size_t i = 0; i < r.cfg.n_binds; i++)
+				if (r.cfg.binds[i].src[0] != '/' || r.cfg.binds[i].dst[0] != '/')
+					abort();
 			/* Re-encoding gives the same request. */
 			struct buf b = BUF_INIT;
 			struct sandbox_request again;

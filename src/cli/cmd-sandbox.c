@@ -43,8 +43,9 @@ const char cmd_sandbox_help[] =
 	"When a `kiln sandbox serve` runs for the same state dir, run hands CMD to it\n"
 	"(over <state-dir>/serve.sock, with kiln's stdin/stdout/stderr) and it runs CMD in\n"
 	"a sandbox it made ahead of time: the same isolation and limits, without the wait\n"
-	"for the sandbox to be made. --workspace, --bind, --keep, --cgroup-parent,\n"
-	"--cgroup-root, --init and --local always run in this process.\n"
+	"for the sandbox to be made (--workspace and --bind are added to it before CMD\n"
+	"starts). --keep, --cgroup-parent, --cgroup-root, --init and --local always run\n"
+	"in this process.\n"
 	"\n"
 	"options of run:\n"
 	"  --rootfs host|DIR     root filesystem: the host's /usr, /etc (secrets hidden)\n"
@@ -105,6 +106,8 @@ struct run_opts {
 	bool json;
 	bool local;       /* --local */
 	char *rootfs_abs; /* --rootfs made absolute (it names the client's path) */
+	char *workspace_abs;               /* ditto --workspace */
+	char *bind_abs[SANDBOX_MAX_BINDS]; /* ditto each --bind's source */
 	char *state_abs;  /* the state dir, absolute (argv requests) */
 };
 
@@ -355,16 +358,24 @@ static int parse_run(int argc, char **argv, struct run_opts *o)
 	if (o->cfg.keep && o->cfg.limits.disk_bytes)
 		return usage(cmd, "--keep puts the writable layer on disk, where --disk "
 					    "cannot limit it; use one or the other");
-	/* A relative --rootfs is the caller's: a server must get it absolute. */
+	/* Relative host paths are the caller's: a server must get them
+	 * absolute. */
+	char here[PATH_MAX];
+	const char *base = parse_cwd ? parse_cwd : getcwd(here, sizeof(here));
 	const char *r = o->cfg.rootfs;
-	if (r && !streq(r, "host") && r[0] != '/') {
-		char here[PATH_MAX];
-		const char *base = parse_cwd ? parse_cwd : getcwd(here, sizeof(here));
-		if (base) {
-			o->rootfs_abs = path_join(base, r);
-			o->cfg.rootfs = o->rootfs_abs;
-		}
+	if (base && r && !streq(r, "host") && r[0] != '/') {
+		o->rootfs_abs = path_join(base, r);
+		o->cfg.rootfs = o->rootfs_abs;
 	}
+	if (base && o->cfg.workspace && o->cfg.workspace[0] != '/') {
+		o->workspace_abs = path_join(base, o->cfg.workspace);
+		o->cfg.workspace = o->workspace_abs;
+	}
+	for (size_t i = 0; base && i < o->cfg.n_binds; i++)
+		if (o->binds[i].src[0] != '/') {
+			o->bind_abs[i] = path_join(base, o->binds[i].src);
+			o->binds[i].src = o->bind_abs[i];
+		}
 	return optind;
 }
 
@@ -480,8 +491,7 @@ static void run_local(const struct run_opts *o, char **argv, int sfd, struct san
 static bool servable(const struct run_opts *o)
 {
 	const struct sandbox_config *c = &o->cfg;
-	return !o->local && !c->workspace && !c->n_binds && !c->keep && !c->cgroup_parent &&
-	       !c->cgroup_root && !c->init_path;
+	return !o->local && !c->keep && !c->cgroup_parent && !c->cgroup_root && !c->init_path;
 }
 
 static int send_cancel(int sock, int sig)
@@ -601,6 +611,9 @@ static void run_opts_free(struct run_opts *o)
 		free(o->env[i]);
 	free(o->env);
 	free(o->rootfs_abs);
+	free(o->workspace_abs);
+	for (size_t i = 0; i < SANDBOX_MAX_BINDS; i++)
+		free(o->bind_abs[i]);
 	free(o->state_abs);
 }
 

@@ -753,6 +753,34 @@ static void make_binds(struct child *c)
 	}
 }
 
+void sb_attach_main(const struct sb_plan *plan, int sock, int userns, int mntns,
+		    const int *trees)
+{
+	struct child c;
+	for (size_t i = 0; i < sizeof(c); i++)
+		((char *)&c)[i] = 0;
+	c.p = plan;
+	c.sock = sock;
+	c.rootfd = -1;
+	c.have_trees = true;
+	for (size_t i = 0; i < plan->n_mounts; i++)
+		c.trees[i] = trees[i];
+	if (setns(userns, CLONE_NEWUSER) < 0)
+		fail(&c, SB_STEP_BIND, errno, "join the sandbox's user namespace", NULL);
+	if (setns(mntns, CLONE_NEWNS) < 0)
+		fail(&c, SB_STEP_BIND, errno, "join the sandbox's mount namespace", NULL);
+	/* Root of the sandbox, so that mount points are made as it would
+	 * make them (raw syscalls: this process was forked from threads). */
+	if (syscall(SYS_setresgid, 0, 0, 0) < 0 || syscall(SYS_setresuid, 0, 0, 0) < 0)
+		fail(&c, SB_STEP_BIND, errno, "become root of the user namespace", NULL);
+	/* setns() put our root at the namespace's root: the sandbox's. */
+	c.rootfd = open("/", O_PATH | O_DIRECTORY | O_CLOEXEC);
+	if (c.rootfd < 0)
+		fail(&c, SB_STEP_BIND, errno, "open the sandbox's root", NULL);
+	make_binds(&c);
+	_exit(0);
+}
+
 static void net_and_name(struct child *c)
 {
 	if (sethostname(c->p->hostname, s_len(c->p->hostname)) < 0)

@@ -16,7 +16,8 @@
  *
  * The server answers with one frame:
  *   "local"     it does not take this run (options that need the client's
- *               own process, a usage error, --help, another state dir): the
+ *               own process such as --keep, a usage error, --help, another
+ *               state dir, another uid): the
  *               client runs the full kiln with the same arguments; nothing
  *               was read from or written to the client's fds.
  *   "exit N"    the run is over and reported on the client's stdout/stderr

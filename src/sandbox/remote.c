@@ -44,6 +44,16 @@ void sandbox_request_encode(const struct sandbox_request *r, struct buf *out)
 	put_str_or_null(out, "rootfs", c->rootfs);
 	buf_printf(out, ",\"net\":\"%s\"", c->net == SANDBOX_NET_HOST ? "host" : "none");
 	put_str_or_null(out, "hostname", c->hostname);
+	put_str_or_null(out, "workspace", c->workspace);
+	buf_puts(out, ",\"binds\":[");
+	for (size_t i = 0; i < c->n_binds; i++) {
+		buf_puts(out, i ? ",{\"src\":" : "{\"src\":");
+		buf_put_json_string(out, c->binds[i].src, strlen(c->binds[i].src));
+		buf_puts(out, ",\"dst\":");
+		buf_put_json_string(out, c->binds[i].dst, strlen(c->binds[i].dst));
+		buf_printf(out, ",\"ro\":%s}", c->binds[i].readonly ? "true" : "false");
+	}
+	buf_putc(out, ']');
 	buf_printf(out,
 		   ",\"cpu_millis\":%" PRIu32 ",\"memory_bytes\":%" PRIu64 ",\"pids\":%" PRIu32
 		   ",\"disk_bytes\":%" PRIu64 ",\"stats\":%s,\"stdio\":%u}",
@@ -201,8 +211,39 @@ void sandbox_request_free(struct sandbox_request *r)
 		return;
 	free(r->argv);
 	free(r->envp);
+	free((void *)(uintptr_t)r->cfg.binds);
 	json_decref(r->owner);
 	*r = (struct sandbox_request){0};
+}
+
+/* "binds": [{"src": ABS, "dst": ABS, "ro": BOOL}, ...] (absent: none). */
+static int get_binds(json_t *root, struct sandbox_request *ret, struct kiln_err *err)
+{
+	json_t *a = json_object_get(root, "binds");
+	if (!a || json_is_null(a))
+		return 0;
+	if (!json_is_array(a) || json_array_size(a) > SANDBOX_MAX_BINDS)
+		return kiln_err_set(err, -EINVAL, "'binds' must be an array of at most %d binds",
+				    SANDBOX_MAX_BINDS);
+	size_t n = json_array_size(a);
+	struct sandbox_bind *b = xcalloc(MAX(n, (size_t)1), sizeof(*b));
+	ret->cfg.binds = b;
+	for (size_t i = 0; i < n; i++) {
+		json_t *o = json_array_get(a, i);
+		const char *src = NULL, *dst = NULL;
+		bool ro = false;
+		if (!json_is_object(o))
+			return kiln_err_set(err, -EINVAL, "'binds'[%zu] must be an object", i);
+		if (get_str(o, "src", &src, err) < 0 || get_str(o, "dst", &dst, err) < 0 ||
+		    get_bool(o, "ro", &ro, err) < 0)
+			return kiln_err_prefix(err, "'binds'[%zu]", i);
+		if (!src || src[0] != '/' || !dst || dst[0] != '/')
+			return kiln_err_set(err, -EINVAL,
+					    "'binds'[%zu] needs absolute 'src' and 'dst' paths", i);
+		b[i] = (struct sandbox_bind){.src = src, .dst = dst, .readonly = ro};
+	}
+	ret->cfg.n_binds = n;
+	return 0;
 }
 
 int sandbox_request_decode(const char *data, size_t len, struct sandbox_request *ret,
@@ -227,6 +268,7 @@ int sandbox_request_decode(const char *data, size_t len, struct sandbox_request 
 	    (r = get_str(root, "rootfs", &ret->cfg.rootfs, err)) < 0 ||
 	    (r = get_str(root, "net", &net, err)) < 0 ||
 	    (r = get_str(root, "hostname", &ret->cfg.hostname, err)) < 0 ||
+	    (r = get_str(root, "workspace", &ret->cfg.workspace, err)) < 0 ||
 	    (r = get_u64(root, "cpu_millis", 0, 1024000, &cpu, err)) < 0 ||
 	    (r = get_u64(root, "memory_bytes", 0, UINT64_MAX >> 1, &mem, err)) < 0 ||
 	    (r = get_u64(root, "pids", 0, 4194304, &pids, err)) < 0 ||
@@ -259,6 +301,13 @@ int sandbox_request_decode(const char *data, size_t len, struct sandbox_request 
 	}
 	if (ret->cfg.rootfs && !streq(ret->cfg.rootfs, "host") && ret->cfg.rootfs[0] != '/') {
 		kiln_err_set(err, r, "'rootfs' must be host or an absolute path");
+		goto fail;
+	}
+	if ((r = get_binds(root, ret, err)) < 0)
+		goto fail;
+	r = -EINVAL;
+	if (ret->cfg.workspace && ret->cfg.workspace[0] != '/') {
+		kiln_err_set(err, r, "'workspace' must be an absolute path");
 		goto fail;
 	}
 	if (ret->cfg.hostname && (!ret->cfg.hostname[0] || strlen(ret->cfg.hostname) > 64)) {

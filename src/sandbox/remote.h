@@ -27,7 +27,8 @@
 #define SANDBOX_REMOTE_VERSION 1
 
 struct sandbox_request {
-	/* The shape: only rootfs, net, hostname and limits are used. */
+	/* The shape (rootfs, net, hostname, limits) and the workspace and
+	 * binds (absolute host paths); the rest of cfg is the server's. */
 	struct sandbox_config cfg;
 	char **argv, **envp; /* NULL-terminated */
 	const char *cwd;     /* NULL: the default */

@@ -298,6 +298,14 @@ struct sb_child_err {
 
 /* Runs in the clone3 child. Never returns. */
 KILN_NORETURN void sb_child_main(const struct sb_plan *plan);
+/*
+ * sandbox_add_mounts()'s helper (a fork): joins the user and mount
+ * namespaces (userns, mntns fds), becomes root there and attaches trees[i]
+ * at plan->mounts[i] (mount points made as in sb_child_main). Reports a
+ * failure as a struct sb_child_err on sock and exits 125; exits 0 when done.
+ */
+KILN_NORETURN void sb_attach_main(const struct sb_plan *plan, int sock, int userns, int mntns,
+				  const int *trees);
 
 /* ---- tracing (trace.c) ------------------------------------------------- */
 

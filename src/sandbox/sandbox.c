@@ -62,6 +62,7 @@ struct sandbox {
 	pid_t init_pid;
 	bool reaped;
 	bool rootless, idmap, keep, has_workspace;
+	uint64_t disk_bytes; /* the limit asked for (warnings) */
 	bool has_cg;
 	struct cg_sandbox cg;
 	enum sandbox_cgroup_layout layout;
@@ -440,6 +441,10 @@ static int build_plan(const struct sandbox_config *cfg, struct sb_plan *plan, st
 		plan->keep_caps |= 1ULL << sandbox_kept_caps[i];
 	return 0;
 }
+
+#define DISK_WORKSPACE_WARNING                                                              \
+	"the disk limit covers the writable layer, /tmp and /dev/shm, not the workspace "   \
+	"(that would take filesystem project quotas)"
 
 /* Appends msg to the sandbox's warning ("; " between sentences). */
 static void add_warning(char **warning, const char *msg)
@@ -1052,6 +1057,7 @@ int sandbox_create(const struct sandbox_config *cfg, struct sandbox **ret, struc
 	sb->rootless = geteuid() != 0;
 	sb->keep = cfg->keep;
 	sb->has_workspace = cfg->workspace != NULL;
+	sb->disk_bytes = cfg->limits.disk_bytes;
 
 	int netns_fd = -1;
 	bool want_netns = !sb->rootless && cfg->net != SANDBOX_NET_HOST;
@@ -1131,9 +1137,7 @@ int sandbox_create(const struct sandbox_config *cfg, struct sandbox **ret, struc
 	if (netns)
 		netns_unref(netns);
 	if (cfg->workspace && cfg->limits.disk_bytes)
-		add_warning(&sb->warning, "the disk limit covers the writable layer, /tmp and "
-					  "/dev/shm, not the workspace (that would take filesystem "
-					  "project quotas)");
+		add_warning(&sb->warning, DISK_WORKSPACE_WARNING);
 	sb->tr = NULL;
 	sb_trace_end(&tr, sb->id);
 	*ret = sb;
@@ -1177,6 +1181,103 @@ int sandbox_stats(struct sandbox *sb, struct sandbox_stats *ret)
 		return 0;
 	}
 	return cg_sandbox_stats(&sb->cg, ret);
+}
+
+int sandbox_add_mounts(struct sandbox *sb, const char *workspace,
+		       const struct sandbox_bind *binds, size_t n_binds, struct kiln_err *err)
+{
+	if (!workspace && !n_binds)
+		return 0;
+	if (sb->rootless)
+		return kiln_err_set(err, -EOPNOTSUPP,
+				    "mounts are added to a made sandbox in root mode only");
+	if (atomic_load(&sb->used))
+		return kiln_err_set(err, -EBUSY,
+				    "mounts are added to a sandbox before its first process only");
+	if (n_binds > SANDBOX_MAX_BINDS)
+		return kiln_err_set(err, -E2BIG, "too many binds (at most %d)", SANDBOX_MAX_BINDS);
+	struct sb_plan *plan = xcalloc(1, sizeof(*plan));
+	plan->cap_mounts = n_binds + (workspace ? 1 : 0);
+	plan->mounts = xcalloc(plan->cap_mounts, sizeof(*plan->mounts));
+	int trees[SB_MAX_MOUNTS] = {0};
+	int n = 0, userns = -1, mntns = -1, sp[2] = {-1, -1}, pidfd = -1;
+	int r = 0;
+	if (workspace)
+		r = plan_mount(plan, workspace, "/workspace", false, "workspace", err);
+	for (size_t i = 0; r >= 0 && i < n_binds; i++)
+		r = plan_mount(plan, binds[i].src, binds[i].dst, binds[i].readonly, "bind", err);
+	if (r < 0)
+		goto out;
+	bool idmap = false;
+	char *warning = NULL;
+	n = make_trees(plan, sb->init_pid, trees, &idmap, &warning, err);
+	free(warning);
+	if (n < 0) {
+		r = n;
+		n = 0;
+		goto out;
+	}
+	if (idmap != sb->idmap) {
+		r = kiln_err_set(err, -EAGAIN, "these mounts cannot be idmapped as the sandbox's are");
+		goto out;
+	}
+	char path[64];
+	snprintf(path, sizeof(path), "/proc/%d/ns/user", (int)sb->init_pid);
+	userns = open(path, O_RDONLY | O_CLOEXEC);
+	snprintf(path, sizeof(path), "/proc/%d/ns/mnt", (int)sb->init_pid);
+	mntns = open(path, O_RDONLY | O_CLOEXEC);
+	if (userns < 0 || mntns < 0 ||
+	    socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sp) < 0) {
+		r = kiln_err_set(err, -errno, "opening the sandbox's namespaces: %s", strerror(errno));
+		goto out;
+	}
+	struct clone_args ca;
+	memset(&ca, 0, sizeof(ca));
+	ca.flags = CLONE_PIDFD;
+	ca.pidfd = (uint64_t)(uintptr_t)&pidfd;
+	ca.exit_signal = 0; /* reaped through the pidfd only */
+	long pid = syscall(SYS_clone3, &ca, sizeof(ca));
+	if (pid == 0)
+		sb_attach_main(plan, sp[1], userns, mntns, trees); /* never returns */
+	if (pid < 0) {
+		r = kiln_err_set(err, -errno, "clone3: %s", strerror(errno));
+		goto out;
+	}
+	close(sp[1]);
+	sp[1] = -1;
+	siginfo_t si;
+	memset(&si, 0, sizeof(si));
+	while (waitid((idtype_t)P_PIDFD, (id_t)pidfd, &si, WEXITED | __WALL) < 0 && errno == EINTR)
+		;
+	struct sb_child_err e;
+	ssize_t got = recv(sp[0], &e, sizeof(e), MSG_DONTWAIT);
+	if (got == (ssize_t)sizeof(e) && e.magic == SB_CHILD_ERR_MAGIC) {
+		e.detail[sizeof(e.detail) - 1] = '\0';
+		r = kiln_err_set(err, -e.err, "adding mounts to the sandbox failed at '%s'%s%s: %s",
+				 sb_step_name(e.step), e.detail[0] ? ": " : "", e.detail,
+				 strerror(e.err));
+	} else if (si.si_code != CLD_EXITED || si.si_status != 0) {
+		r = kiln_err_set(err, -ECHILD, "the helper adding mounts to the sandbox died");
+	} else {
+		if (workspace)
+			sb->has_workspace = true;
+		if (workspace && sb->disk_bytes)
+			add_warning(&sb->warning, DISK_WORKSPACE_WARNING);
+	}
+out:
+	for (int i = 0; i < n; i++)
+		close(trees[i]);
+	for (int i = 0; i < 2; i++)
+		if (sp[i] >= 0)
+			close(sp[i]);
+	if (userns >= 0)
+		close(userns);
+	if (mntns >= 0)
+		close(mntns);
+	if (pidfd >= 0)
+		close(pidfd);
+	plan_free(plan);
+	return r < 0 ? r : 0;
 }
 
 int sandbox_kill(struct sandbox *sb)

@@ -189,6 +189,19 @@ struct sandbox_stats {
 int sandbox_stats(struct sandbox *sb, struct sandbox_stats *ret);
 
 /*
+ * Adds a workspace (at /workspace, read-write; NULL: none) and binds to a
+ * sandbox that has run nothing yet, as if they had been in its config: the
+ * same checks, idmapping and mount points (a warm sandbox made before its
+ * workspace was known). A short-lived helper joins the sandbox's user and
+ * mount namespaces as its root to attach them. Root mode only.
+ * -EOPNOTSUPP rootless, -EBUSY once a process ran, -EAGAIN when these
+ * mounts cannot be idmapped as the sandbox's own are (make a new sandbox
+ * with them instead); otherwise -errno with a sentence naming the path.
+ */
+int sandbox_add_mounts(struct sandbox *sb, const char *workspace,
+		       const struct sandbox_bind *binds, size_t n_binds, struct kiln_err *err);
+
+/*
  * Kills every process in the sandbox, kiln-init included (v2 cgroup.kill, or
  * v1 freeze + SIGKILL + thaw, then SIGKILL to kiln-init, which takes the pid
  * namespace with it). Processes then report exit by SIGKILL.

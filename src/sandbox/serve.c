@@ -92,6 +92,9 @@ static struct sandbox_config full_config(const struct server *srv, const struct 
 		.net = s->net,
 		.hostname = s->hostname,
 		.limits = s->limits,
+		.workspace = s->workspace,
+		.binds = s->binds,
+		.n_binds = s->n_binds,
 		.state_dir = srv->cfg->state_dir,
 		.cgroup_parent = srv->cfg->cgroup_parent,
 		.cgroup_root = srv->cfg->cgroup_root,
@@ -385,6 +388,16 @@ static struct sandbox *run_request(struct server *srv, int sock, const struct sa
 {
 	struct kiln_err err = {0};
 	struct sandbox *sb = pool_take(&srv->pool, &req->cfg);
+	if (sb && (req->cfg.workspace || req->cfg.n_binds) &&
+	    sandbox_add_mounts(sb, req->cfg.workspace, req->cfg.binds, req->cfg.n_binds, &err) <
+		    0) {
+		/* A new sandbox with them in its config says what is wrong, or
+		 * does what this one could not (another idmapping). */
+		log_debug("warm sandbox not used: cannot add the mounts error=\"%s\"", err.msg);
+		(void)sandbox_destroy(sb, NULL);
+		sb = NULL;
+		err = (struct kiln_err){0};
+	}
 	res->warm = sb != NULL;
 	if (!sb) {
 		struct sandbox_config c = full_config(srv, &req->cfg);

@@ -740,6 +740,20 @@ class RootlessSandboxTest(kilntest.TempDirTestCase):
             res = json.loads(res)
             self.assertEqual(out, "0")
             self.assertTrue(res["served"] and res["warm"] and res["rootless"])
+            # A workspace: a rootless server cannot add it to a made sandbox,
+            # so it makes one with it.
+            ws = os.path.join(self.tmp, "ws")
+            os.makedirs(ws)
+            os.chown(ws, self.uid, self.gid)
+            r = subprocess.run(user + ["run", "-o", "json", "--workspace", ws, "--", "sh", "-c",
+                                       "pwd; touch made"], env=run_env, capture_output=True,
+                               text=True, timeout=120)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            out, res = r.stdout.splitlines()
+            res = json.loads(res)
+            self.assertEqual(out, "/workspace")
+            self.assertTrue(res["served"] and not res["warm"], res)
+            self.assertEqual(os.stat(os.path.join(ws, "made")).st_uid, self.uid)
         finally:
             srv.terminate()
             self.assertEqual(srv.wait(timeout=60), 0, srv.stderr.read())

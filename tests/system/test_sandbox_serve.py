@@ -165,13 +165,47 @@ class ServeTest(kilntest.TempDirTestCase):
 
     def test_options_that_need_the_clients_process_run_locally(self):
         self.start_server()
+        for opt in ("--local", "--keep"):
+            _, res, _ = self.sbx(["true"], opt)
+            self.assertFalse(res["served"], opt)
+
+    def test_workspace_and_binds_go_into_warm_sandboxes(self):
+        self.start_server()
         ws = os.path.join(self.tmp, "ws")
+        data = os.path.join(self.tmp, "data")
         os.makedirs(ws)
-        r, res, out = self.sbx(["sh", "-c", "pwd"], "--workspace", ws)
-        self.assertEqual(out, "/workspace\n")
-        self.assertFalse(res["served"])
-        _, res, _ = self.sbx(["true"], "--local")
-        self.assertFalse(res["served"])
+        os.makedirs(data)
+        with open(os.path.join(data, "f"), "w") as f:
+            f.write("hello\n")
+        cmd = ["sh", "-c", "pwd; id -u; cat /opt/d/x/f; echo made > out-$1; "
+               "echo no 2>/dev/null > /opt/d/x/g || echo read-only; "
+               "ls -la / /opt /opt/d | grep -v ' proc$'", "sh"]
+        opts = ["--workspace", "ws", "--bind", f"{data}:/opt/d/x:ro"]  # relative: the client's
+        r, res, out = self.sbx(cmd + ["served"], *opts, cwd=self.tmp)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertTrue(res["served"] and res["warm"], res)
+        local, lres, lout = self.sbx(cmd + ["served"], *opts, "--local", cwd=self.tmp)
+        self.assertFalse(lres["served"])
+        # The same mounts, mount points and ownership as a run that made
+        # its sandbox with them.
+        self.assertEqual(out, lout)
+        self.assertTrue(out.startswith("/workspace\n0\nhello\nread-only\n"), out)
+        st = os.stat(os.path.join(ws, "out-served"))
+        self.assertEqual((st.st_uid, st.st_gid), (0, 0))
+        # What cannot be bound is reported as a local run reports it.
+        r = run(["sandbox", "run", "--state-dir", self.state, "--workspace",
+                 os.path.join(self.tmp, "missing"), "--", "true"])
+        self.assertEqual(r.returncode, 125)
+        self.assertIn("workspace source", r.stderr)
+        self.assertIn("No such file or directory", r.stderr)
+        # The full kiln's own hand-off (JSON) carries them too.
+        self.status("--wait", "30s")
+        r = run(["sandbox", "run", "--state-dir", self.state, "-o", "json", *opts, "--",
+                 *cmd, "core"], cwd=self.tmp, binary=kilntest.KILN_CORE)
+        res = json.loads(r.stdout.splitlines()[-1])
+        self.assertTrue(res["served"] and res["warm"], r.stderr)
+        self.assertEqual("\n".join(r.stdout.splitlines()[:-1]) + "\n", lout)
+        self.assertTrue(os.path.exists(os.path.join(ws, "out-core")))
 
     def test_errors_reach_the_client(self):
         self.start_server()
@@ -419,7 +453,7 @@ class ServeTest(kilntest.TempDirTestCase):
         # Options the server does not take, and another state dir: "local".
         ws = os.path.join(self.tmp, "ws")
         os.makedirs(ws)
-        for args in (["run", "--state-dir", self.state, "--workspace", ws, "--", "true"],
+        for args in (["run", "--state-dir", self.state, "--keep", "--", "true"],
                      ["run", "--state-dir", self.state, "--local", "--", "true"],
                      ["run", "--state-dir", self.tmp, "--", "true"],
                      ["run", "--state-dir", self.state, "--bogus"],

@@ -410,6 +410,11 @@ TEST(remote_request_round_trip)
 				   .disk_bytes = 1 << 30}},
 		.argv = argv, .envp = envp, .cwd = "/tmp", .uid = 1000, .gid = 1001,
 		.timeout_ms = 30000, .want_stats = true, .stdio = 5};
+	struct sandbox_bind binds[2] = {{.src = "/srv/a \"b\"", .dst = "/opt/a", .readonly = true},
+					{.src = "/srv/c", .dst = "/c"}};
+	in.cfg.workspace = "/home/u/ws";
+	in.cfg.binds = binds;
+	in.cfg.n_binds = 2;
 	struct buf b = BUF_INIT;
 	sandbox_request_encode(&in, &b);
 	struct sandbox_request out;
@@ -431,6 +436,13 @@ TEST(remote_request_round_trip)
 	CHECK_EQ(out.timeout_ms, 30000);
 	CHECK(out.want_stats);
 	CHECK_EQ(out.stdio, 5);
+	CHECK_STREQ(out.cfg.workspace, "/home/u/ws");
+	CHECK_EQ(out.cfg.n_binds, 2);
+	CHECK_STREQ(out.cfg.binds[0].src, "/srv/a \"b\"");
+	CHECK_STREQ(out.cfg.binds[0].dst, "/opt/a");
+	CHECK(out.cfg.binds[0].readonly);
+	CHECK_STREQ(out.cfg.binds[1].dst, "/c");
+	CHECK(!out.cfg.binds[1].readonly);
 	sandbox_request_free(&out);
 	buf_release(&b);
 }
@@ -451,6 +463,13 @@ TEST(remote_request_rejects)
 		{"{\"v\":1,\"argv\":[\"true\"],\"memory_bytes\":1024}", "below its minimum"},
 		{"{\"v\":1,\"argv\":[\"true\"],\"stats\":1}", "'stats' must be true or false"},
 		{"{\"v\":1,\"v\":1,\"argv\":[\"true\"]}", "duplicate"},
+		{"{\"v\":1,\"argv\":[\"true\"],\"workspace\":\"rel\"}", "'workspace' must be an absolute"},
+		{"{\"v\":1,\"argv\":[\"true\"],\"binds\":{}}", "'binds' must be an array"},
+		{"{\"v\":1,\"argv\":[\"true\"],\"binds\":[1]}", "'binds'[0] must be an object"},
+		{"{\"v\":1,\"argv\":[\"true\"],\"binds\":[{\"src\":\"/a\"}]}",
+		 "'binds'[0] needs absolute 'src' and 'dst'"},
+		{"{\"v\":1,\"argv\":[\"true\"],\"binds\":[{\"src\":\"/a\",\"dst\":\"/b\",\"ro\":1}]}",
+		 "'binds'[0]: 'ro' must be true or false"},
 	};
 	for (size_t i = 0; i < ARRAY_SIZE(bad); i++) {
 		struct sandbox_request r;
