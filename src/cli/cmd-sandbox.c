@@ -501,13 +501,19 @@ static int send_cancel(int sock, int sig)
 	return sandbox_frame_send(sock, msg, (size_t)n, NULL, 0);
 }
 
+/* What a server is asked to run for o (stdio: the caller's). */
+static struct sandbox_request request_of(const struct run_opts *o, char **argv)
+{
+	return (struct sandbox_request){.cfg = o->cfg, .argv = argv, .envp = o->env,
+					.cwd = o->cwd, .uid = o->uid, .gid = o->gid,
+					.timeout_ms = o->timeout_ms, .want_stats = o->json};
+}
+
 /* Hands the command to the server on sock and waits for its result. */
 static void run_remote(int sock, const struct run_opts *o, char **argv, int sfd,
 		       struct sandbox_result *r)
 {
-	struct sandbox_request req = {.cfg = o->cfg, .argv = argv, .envp = o->env, .cwd = o->cwd,
-				      .uid = o->uid, .gid = o->gid, .timeout_ms = o->timeout_ms,
-				      .want_stats = o->json};
+	struct sandbox_request req = request_of(o, argv);
 	int fds[3];
 	size_t nfds = 0;
 	for (int fd = 0; fd < 3; fd++)
@@ -707,9 +713,7 @@ static int served_parse(void *arg, char **argv, size_t argc, char **envp, const 
 	else
 		o->state_abs = sd[0] == '/' ? xstrdup(sd) : path_join(cwd, sd);
 	o->cfg.state_dir = o->state_abs;
-	*req = (struct sandbox_request){.cfg = o->cfg, .argv = argv + first, .envp = o->env,
-					.cwd = o->cwd, .uid = o->uid, .gid = o->gid,
-					.timeout_ms = o->timeout_ms, .want_stats = o->json};
+	*req = request_of(o, argv + first);
 	*ctx = o;
 	return 1;
 }

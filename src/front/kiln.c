@@ -112,19 +112,13 @@ static const char *state_dir_arg(int argc, char **argv)
 
 static int socket_path(const char *dir, char *out, size_t size)
 {
-	int n;
-	if (dir) {
-		n = snprintf(out, size, "%s/" SANDBOX_ARGV_SOCKET, dir);
-	} else if (geteuid() == 0) {
-		n = snprintf(out, size, "/var/lib/kiln/sandbox/" SANDBOX_ARGV_SOCKET);
-	} else {
-		const char *xdg = getenv("XDG_RUNTIME_DIR");
-		if (xdg && xdg[0] == '/')
-			n = snprintf(out, size, "%s/kiln/sandbox/" SANDBOX_ARGV_SOCKET, xdg);
-		else
-			n = snprintf(out, size, "/tmp/kiln-%u/sandbox/" SANDBOX_ARGV_SOCKET,
-				     (unsigned)geteuid());
+	char def[PATH_MAX];
+	if (!dir) {
+		if (sandbox_state_dir_into(def, sizeof(def), geteuid(), getenv("XDG_RUNTIME_DIR")) < 0)
+			return -1;
+		dir = def;
 	}
+	int n = snprintf(out, size, "%s/" SANDBOX_ARGV_SOCKET, dir);
 	return n > 0 && (size_t)n < size ? 0 : -1;
 }
 
@@ -164,45 +158,6 @@ static void put_num(struct payload *p, unsigned long v)
 	char s[24];
 	snprintf(s, sizeof(s), "%lu", v);
 	put(p, s);
-}
-
-static int send_frame(int sock, const char *data, size_t len, const int *fds, size_t nfds)
-{
-	uint32_t hdr = (uint32_t)len;
-	struct iovec iov[2] = {{.iov_base = &hdr, .iov_len = sizeof(hdr)},
-			       {.iov_base = (void *)(uintptr_t)data, .iov_len = len}};
-	char cbuf[CMSG_SPACE(sizeof(int) * 3)];
-	struct msghdr mh = {.msg_iov = iov, .msg_iovlen = 2};
-	if (nfds) {
-		memset(cbuf, 0, sizeof(cbuf));
-		mh.msg_control = cbuf;
-		mh.msg_controllen = CMSG_SPACE(sizeof(int) * nfds);
-		struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
-		cm->cmsg_level = SOL_SOCKET;
-		cm->cmsg_type = SCM_RIGHTS;
-		cm->cmsg_len = CMSG_LEN(sizeof(int) * nfds);
-		memcpy(CMSG_DATA(cm), fds, sizeof(int) * nfds);
-	}
-	size_t total = sizeof(hdr) + len, sent = 0;
-	while (sent < total) {
-		ssize_t n = sendmsg(sock, &mh, MSG_NOSIGNAL);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n < 0)
-			return -1;
-		sent += (size_t)n;
-		mh.msg_control = NULL;
-		mh.msg_controllen = 0;
-		/* Skip what went out. */
-		size_t skip = (size_t)n;
-		for (int i = 0; i < 2; i++) {
-			size_t k = skip < iov[i].iov_len ? skip : iov[i].iov_len;
-			iov[i].iov_base = (char *)iov[i].iov_base + k;
-			iov[i].iov_len -= k;
-			skip -= k;
-		}
-	}
-	return 0;
 }
 
 static int read_full(int fd, void *buf, size_t len)
@@ -300,7 +255,7 @@ static void served_run(int argc, char **argv)
 		free(p.data);
 		goto local; /* too big for a frame: the full kiln runs it itself */
 	}
-	int r = send_frame(sock, p.data, p.len, fds, nfds);
+	int r = sandbox_frame_sendmsg(sock, p.data, p.len, fds, nfds);
 	free(p.data);
 	if (r < 0)
 		goto local; /* the server went away before reading it */
@@ -324,7 +279,7 @@ static void served_run(int argc, char **argv)
 				int len = snprintf(msg, sizeof(msg), "{\"cancel\":%d}",
 						   (int)si.ssi_signo);
 				cancelled = (int)si.ssi_signo;
-				(void)send_frame(sock, msg, (size_t)len, NULL, 0);
+				(void)sandbox_frame_sendmsg(sock, msg, (size_t)len, NULL, 0);
 			}
 		}
 		if (pfd[0].revents) {

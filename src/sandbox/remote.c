@@ -553,44 +553,7 @@ int sandbox_frame_send(int sock, const void *data, size_t len, const int *fds, s
 {
 	if (len > SANDBOX_REMOTE_MAX_FRAME || nfds > 3)
 		return -EMSGSIZE;
-	uint32_t hdr = (uint32_t)len;
-	struct iovec iov[2] = {{.iov_base = &hdr, .iov_len = sizeof(hdr)},
-			       {.iov_base = (void *)(uintptr_t)data, .iov_len = len}};
-	char cbuf[CMSG_SPACE(sizeof(int) * 3)];
-	struct msghdr mh = {.msg_iov = iov, .msg_iovlen = 2};
-	if (nfds) {
-		memset(cbuf, 0, sizeof(cbuf));
-		mh.msg_control = cbuf;
-		mh.msg_controllen = CMSG_SPACE(sizeof(int) * nfds);
-		struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
-		cm->cmsg_level = SOL_SOCKET;
-		cm->cmsg_type = SCM_RIGHTS;
-		cm->cmsg_len = CMSG_LEN(sizeof(int) * nfds);
-		memcpy(CMSG_DATA(cm), fds, sizeof(int) * nfds);
-	}
-	size_t total = sizeof(hdr) + len, sent = 0;
-	while (sent < total) {
-		ssize_t n = sendmsg(sock, &mh, MSG_NOSIGNAL);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n < 0)
-			return -errno;
-		sent += (size_t)n;
-		/* The fds went with the first byte; the rest is plain data. */
-		mh.msg_control = NULL;
-		mh.msg_controllen = 0;
-		size_t skip = (size_t)n;
-		while (mh.msg_iovlen && skip >= mh.msg_iov[0].iov_len) {
-			skip -= mh.msg_iov[0].iov_len;
-			mh.msg_iov++;
-			mh.msg_iovlen--;
-		}
-		if (mh.msg_iovlen) {
-			mh.msg_iov[0].iov_base = (char *)mh.msg_iov[0].iov_base + skip;
-			mh.msg_iov[0].iov_len -= skip;
-		}
-	}
-	return 0;
+	return sandbox_frame_sendmsg(sock, data, len, fds, nfds);
 }
 
 int sandbox_frame_recv(int sock, struct buf *out, int *fds, size_t max_fds, size_t *nfds)

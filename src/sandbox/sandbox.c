@@ -381,6 +381,26 @@ static int plan_mount(struct sb_plan *plan, const char *src, const char *dst, bo
 	return 0;
 }
 
+/* The workspace (at /workspace) and binds into plan->mounts. */
+static int plan_mounts(struct sb_plan *plan, const char *workspace,
+		       const struct sandbox_bind *binds, size_t n_binds, struct kiln_err *err)
+{
+	if (n_binds > SANDBOX_MAX_BINDS)
+		return kiln_err_set(err, -E2BIG, "too many binds (at most %d)", SANDBOX_MAX_BINDS);
+	/* Sized to what is asked (at most 8 KiB each): a plan with room for
+	 * every possible bind would be half a megabyte to clear per start. */
+	plan->cap_mounts = n_binds + (workspace ? 1 : 0);
+	plan->mounts = xcalloc(MAX(plan->cap_mounts, (size_t)1), sizeof(*plan->mounts));
+	int r;
+	if (workspace && (r = plan_mount(plan, workspace, "/workspace", false, "workspace", err)) < 0)
+		return r;
+	for (size_t i = 0; i < n_binds; i++)
+		if ((r = plan_mount(plan, binds[i].src, binds[i].dst, binds[i].readonly, "bind",
+				    err)) < 0)
+			return r;
+	return 0;
+}
+
 static void plan_free(struct sb_plan *plan)
 {
 	if (!plan)
@@ -415,19 +435,8 @@ static int build_plan(const struct sandbox_config *cfg, struct sb_plan *plan, st
 		struct sb_lower *lw = &plan->lowers[plan->n_lowers++];
 		snprintf(lw->src, sizeof(lw->src), "%s", real);
 	}
-	if (cfg->n_binds > SANDBOX_MAX_BINDS)
-		return kiln_err_set(err, -E2BIG, "too many binds (at most %d)", SANDBOX_MAX_BINDS);
-	/* Sized to what is asked (at most 8 KiB each): a plan with room for
-	 * every possible bind would be half a megabyte to clear per start. */
-	plan->cap_mounts = cfg->n_binds + (cfg->workspace ? 1 : 0);
-	plan->mounts = xcalloc(MAX(plan->cap_mounts, (size_t)1), sizeof(*plan->mounts));
-	if (cfg->workspace && (r = plan_mount(plan, cfg->workspace, "/workspace", false,
-					      "workspace", err)) < 0)
+	if ((r = plan_mounts(plan, cfg->workspace, cfg->binds, cfg->n_binds, err)) < 0)
 		return r;
-	for (size_t i = 0; i < cfg->n_binds; i++)
-		if ((r = plan_mount(plan, cfg->binds[i].src, cfg->binds[i].dst,
-				    cfg->binds[i].readonly, "bind", err)) < 0)
-			return r;
 	plan->new_net = cfg->net != SANDBOX_NET_HOST;
 	const char *hn = cfg->hostname ? cfg->hostname : "sandbox";
 	if (!*hn || strlen(hn) >= sizeof(plan->hostname))
@@ -548,6 +557,14 @@ static int send_go(int sock, bool idmap, const int *fds, size_t n)
 	return r == (ssize_t)sizeof(go) ? 0 : r < 0 ? -errno : -EIO;
 }
 
+/* "WHAT failed at 'STEP': DETAIL: ERROR" from a child's report. */
+static int child_err_set(struct kiln_err *err, const char *what, struct sb_child_err *e)
+{
+	e->detail[sizeof(e->detail) - 1] = '\0';
+	return kiln_err_set(err, -e->err, "%s failed at '%s'%s%s: %s", what, sb_step_name(e->step),
+			    e->detail[0] ? ": " : "", e->detail, strerror(e->err));
+}
+
 /* Waits for READY from kiln-init, or the child's error report. */
 static int wait_ready(struct sandbox *sb, struct kiln_err *err)
 {
@@ -574,10 +591,7 @@ static int wait_ready(struct sandbox *sb, struct kiln_err *err)
 	if (n < 0 && errno == EAGAIN)
 		n = 0;
 	if (n == (ssize_t)sizeof(m.e) && m.e.magic == SB_CHILD_ERR_MAGIC) {
-		m.e.detail[sizeof(m.e.detail) - 1] = '\0';
-		return kiln_err_set(err, -m.e.err, "sandbox set-up failed at '%s'%s%s: %s",
-				    sb_step_name(m.e.step), m.e.detail[0] ? ": " : "", m.e.detail,
-				    strerror(m.e.err));
+		return child_err_set(err, "sandbox set-up", &m.e);
 	}
 	if (n == (ssize_t)sizeof(m.ready) && m.ready.type == KILN_INIT_READY) {
 		if (m.ready.version != KILN_INIT_PROTO_VERSION)
@@ -1194,18 +1208,10 @@ int sandbox_add_mounts(struct sandbox *sb, const char *workspace,
 	if (atomic_load(&sb->used))
 		return kiln_err_set(err, -EBUSY,
 				    "mounts are added to a sandbox before its first process only");
-	if (n_binds > SANDBOX_MAX_BINDS)
-		return kiln_err_set(err, -E2BIG, "too many binds (at most %d)", SANDBOX_MAX_BINDS);
 	struct sb_plan *plan = xcalloc(1, sizeof(*plan));
-	plan->cap_mounts = n_binds + (workspace ? 1 : 0);
-	plan->mounts = xcalloc(plan->cap_mounts, sizeof(*plan->mounts));
 	int trees[SB_MAX_MOUNTS] = {0};
 	int n = 0, userns = -1, mntns = -1, sp[2] = {-1, -1}, pidfd = -1;
-	int r = 0;
-	if (workspace)
-		r = plan_mount(plan, workspace, "/workspace", false, "workspace", err);
-	for (size_t i = 0; r >= 0 && i < n_binds; i++)
-		r = plan_mount(plan, binds[i].src, binds[i].dst, binds[i].readonly, "bind", err);
+	int r = plan_mounts(plan, workspace, binds, n_binds, err);
 	if (r < 0)
 		goto out;
 	bool idmap = false;
@@ -1252,10 +1258,7 @@ int sandbox_add_mounts(struct sandbox *sb, const char *workspace,
 	struct sb_child_err e;
 	ssize_t got = recv(sp[0], &e, sizeof(e), MSG_DONTWAIT);
 	if (got == (ssize_t)sizeof(e) && e.magic == SB_CHILD_ERR_MAGIC) {
-		e.detail[sizeof(e.detail) - 1] = '\0';
-		r = kiln_err_set(err, -e.err, "adding mounts to the sandbox failed at '%s'%s%s: %s",
-				 sb_step_name(e.step), e.detail[0] ? ": " : "", e.detail,
-				 strerror(e.err));
+		r = child_err_set(err, "adding mounts to the sandbox", &e);
 	} else if (si.si_code != CLD_EXITED || si.si_status != 0) {
 		r = kiln_err_set(err, -ECHILD, "the helper adding mounts to the sandbox died");
 	} else {

@@ -443,6 +443,19 @@ static struct sandbox *run_request(struct server *srv, int sock, const struct sa
 	return sb;
 }
 
+/* The client has its answer (status: what it says): the rest of the
+ * teardown is ours. Frees res. */
+static void run_answered(struct server *srv, int sock, struct sandbox *sb,
+			 struct sandbox_result *res, int status, struct sb_trace *tr)
+{
+	sb_trace_mark(tr, "result sent");
+	sb_trace_end(tr, res->id);
+	log_debug("sandbox run id=%s status=%d", res->id, status);
+	sandbox_result_free(res);
+	shutdown(sock, SHUT_RDWR);
+	pool_done(&srv->pool, sb);
+}
+
 /* The client's fd i of those that came (stdio: which did), or -1. */
 static int pick_stdio(unsigned stdio, const int *fds, size_t nfds, int out[3])
 {
@@ -509,12 +522,7 @@ static void serve_argv(struct server *srv, int sock, struct buf *b, int *fds, si
 	char msg[32];
 	snprintf(msg, sizeof(msg), "exit %d", status & 0xff);
 	send_text(sock, msg);
-	sb_trace_mark(tr, "result sent");
-	sb_trace_end(tr, res.id);
-	log_debug("sandbox run id=%s status=%d", res.id, status);
-	sandbox_result_free(&res);
-	shutdown(sock, SHUT_RDWR);
-	pool_done(&srv->pool, sb);
+	run_answered(srv, sock, sb, &res, status, tr);
 out:
 	sandbox_argv_request_free(&ar);
 }
@@ -575,14 +583,7 @@ static void serve_one(struct server *srv, int sock)
 	struct sandbox_result res = {.exit = {.exit_code = -1}};
 	struct sandbox *sb = run_request(srv, sock, &req, stdio, fds, &nfds, true, &res, &tr);
 	reply(sock, &res);
-	sb_trace_mark(&tr, "result sent");
-	sb_trace_end(&tr, res.id);
-	log_debug("sandbox run id=%s status=%d", res.id,
-		  res.started ? sandbox_exit_status(&res.exit) : -1);
-	sandbox_result_free(&res);
-	/* The client has its answer; the rest of the teardown is ours. */
-	shutdown(sock, SHUT_RDWR);
-	pool_done(&srv->pool, sb);
+	run_answered(srv, sock, sb, &res, res.started ? sandbox_exit_status(&res.exit) : -1, &tr);
 out:
 	for (size_t i = 0; i < nfds; i++)
 		close(fds[i]);

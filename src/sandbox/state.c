@@ -25,9 +25,11 @@
  * can be taken belongs to a dead process (OFD locks die with their last fd).
  */
 #include "sandbox-internal.h"
+#include "sandbox/remote-argv.h"
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <sys/stat.h>
 #include <time.h>
 
@@ -37,11 +39,11 @@
 
 char *sandbox_state_dir_for(uid_t uid, const char *xdg_runtime_dir)
 {
-	if (uid == 0)
-		return xstrdup("/var/lib/kiln/sandbox");
-	if (xdg_runtime_dir && xdg_runtime_dir[0] == '/')
-		return xasprintf("%s/kiln/sandbox", xdg_runtime_dir);
-	return xasprintf("/tmp/kiln-%u/sandbox", (unsigned)uid);
+	char dir[PATH_MAX];
+	if (sandbox_state_dir_into(dir, sizeof(dir), uid, xdg_runtime_dir) == 0)
+		return xstrdup(dir);
+	/* Only a $XDG_RUNTIME_DIR of about PATH_MAX bytes gets here. */
+	return xasprintf("%s/kiln/sandbox", xdg_runtime_dir);
 }
 
 char *sandbox_default_state_dir(void)

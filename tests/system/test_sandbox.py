@@ -6,6 +6,7 @@ Every test uses its own state dir and the class its own cgroup parent
 (/kiln-test-PID), so other kiln processes on the machine cannot disturb the
 "nothing left behind" comparisons, which look only at what kiln owns.
 """
+import contextlib
 import json
 import os
 import platform
@@ -712,6 +713,28 @@ class RootlessSandboxTest(kilntest.TempDirTestCase):
         self.assertEqual(r.returncode, 125)
         self.assertIn("limits need a writable cgroup", r.stderr)
 
+    @contextlib.contextmanager
+    def user_server(self, *opts, state_dir=None, env=None):
+        """A `kiln sandbox serve OPTS` of the test's user, ready; yields the
+        command prefix `setpriv ... kiln sandbox` for that user."""
+        user = ["setpriv", f"--reuid={self.uid}", f"--regid={self.gid}", "--clear-groups",
+                kilntest.KILN, "sandbox"]
+        state = ["--state-dir", state_dir] if state_dir else []
+        srv = subprocess.Popen(user + ["serve", *state, *opts], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.monotonic() + 60
+            while subprocess.run(user + ["status", "--wait", "30s", *state], env=env,
+                                 capture_output=True).returncode != 0:
+                self.assertIsNone(srv.poll(), "kiln sandbox serve exited")
+                self.assertLess(time.monotonic(), deadline)
+                time.sleep(0.05)
+            yield user
+        finally:
+            srv.terminate()
+            self.assertEqual(srv.wait(timeout=60), 0, srv.stderr.read())
+            srv.stderr.close()
+
     def test_served_by_a_rootless_server_in_the_default_state_dir(self):
         # Both ends find $XDG_RUNTIME_DIR/kiln/sandbox by themselves (the
         # front computes the socket's path, the server checks it is its own).
@@ -719,17 +742,7 @@ class RootlessSandboxTest(kilntest.TempDirTestCase):
         os.makedirs(xdg, mode=0o700)
         os.chown(xdg, self.uid, self.gid)
         env = dict(os.environ, XDG_RUNTIME_DIR=xdg)
-        user = ["setpriv", f"--reuid={self.uid}", f"--regid={self.gid}", "--clear-groups",
-                kilntest.KILN, "sandbox"]
-        srv = subprocess.Popen(user + ["serve", "--warm", "1"], env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        try:
-            deadline = time.monotonic() + 60
-            while subprocess.run(user + ["status", "--wait", "30s"], env=env,
-                                 capture_output=True).returncode != 0:
-                self.assertIsNone(srv.poll(), "kiln sandbox serve exited")
-                self.assertLess(time.monotonic(), deadline)
-                time.sleep(0.05)
+        with self.user_server("--warm", "1", env=env) as user:
             # With a front, the full kiln must not even be needed.
             run_env = env if kilntest.KILN_CORE == kilntest.KILN else \
                 dict(env, KILN_CORE="/nonexistent-kiln-core")
@@ -754,34 +767,16 @@ class RootlessSandboxTest(kilntest.TempDirTestCase):
             self.assertEqual(out, "/workspace")
             self.assertTrue(res["served"] and not res["warm"], res)
             self.assertEqual(os.stat(os.path.join(ws, "made")).st_uid, self.uid)
-        finally:
-            srv.terminate()
-            self.assertEqual(srv.wait(timeout=60), 0, srv.stderr.read())
-            srv.stderr.close()
         self.assertFalse(os.path.exists(os.path.join(xdg, "kiln", "sandbox", "serve.sock")))
 
     def test_a_server_refuses_another_users_runs(self):
         # A rootless server: root can reach its socket, but nothing of root's
         # is run there; the full kiln says why.
-        user = ["setpriv", f"--reuid={self.uid}", f"--regid={self.gid}", "--clear-groups",
-                kilntest.KILN, "sandbox"]
-        srv = subprocess.Popen(user + ["serve", "--state-dir", self.state, "--warm", "0"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        try:
-            deadline = time.monotonic() + 60
-            while subprocess.run(user + ["status", "--state-dir", self.state],
-                                 capture_output=True).returncode != 0:
-                self.assertIsNone(srv.poll(), "kiln sandbox serve exited")
-                self.assertLess(time.monotonic(), deadline)
-                time.sleep(0.05)
+        with self.user_server("--warm", "0", state_dir=self.state):
             r = run(["sandbox", "run", "--state-dir", self.state, "--", "true"])
             self.assertEqual(r.returncode, 125, r.stderr)
             self.assertIn(f"refused: the server runs as uid {self.uid}, the client as 0",
                           r.stderr)
-        finally:
-            srv.terminate()
-            self.assertEqual(srv.wait(timeout=60), 0, srv.stderr.read())
-            srv.stderr.close()
 
     def test_timeout_and_teardown(self):
         marker = f"kiln-rootless-{os.getpid()}"
